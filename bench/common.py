@@ -1,0 +1,265 @@
+"""Small helpers shared by the benchmark modules: statistics, clocks, temp
+dirs, FIFOs for start-of-job detection, atomic writes, process CPU time."""
+
+import contextlib
+import os
+import platform
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+# CLOCK_MONOTONIC is one clock for every process on Linux, so a timestamp
+# taken here can be compared with one taken in a child process.
+now = time.monotonic
+
+SH_TRUE = ["/bin/sh", "-c", "true"]
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(BENCH_DIR)
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def percentile(values, p):
+    """Linear-interpolated percentile (p in 0..100) of a list of numbers."""
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    k = (len(values) - 1) * p / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def rotate(items, k):
+    """items rotated by k, so each repeat starts with a different system."""
+    if not items:
+        return []
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+@contextlib.contextmanager
+def tempdir(prefix):
+    path = tempfile.mkdtemp(prefix=f"qbench-{prefix}-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def atomic_write(path, data, mode="w"):
+    """Write a file so a reader sees the old content or the new, never half."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, mode) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class StartProbe:
+    """Detects the moment a job's shell command starts.
+
+    The job's command is ``echo x > FIFO`` (echo is a shell builtin, so the
+    job forks nothing beyond its /bin/sh). We hold the read end open without
+    blocking; on Linux a FIFO read end that has never seen a writer does not
+    report hang-up, so poll() wakes exactly when the job writes its byte.
+    """
+
+    def __init__(self, directory, name):
+        self.path = os.path.join(directory, f"{name}.fifo")
+        os.mkfifo(self.path)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+
+    @property
+    def command(self):
+        return f"echo x > {self.path}"
+
+    def wait(self, timeout):
+        """Monotonic time the job wrote to the FIFO, or None on timeout."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        deadline = now() + timeout
+        while True:
+            left = deadline - now()
+            if left <= 0:
+                return None
+            events = poller.poll(left * 1000)
+            if events:
+                stamp = now()
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.fd, 16)
+                return stamp
+
+    def close(self):
+        # Unlinking the FIFO means a job that comes late writes a plain
+        # file instead of blocking forever on a FIFO with no reader.
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+class Gate:
+    """A FIFO that `cat GATE` blocks on until `release()`; used to hold a
+    queue's workers while its jobs are enqueued, then let them all go."""
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, "gate.fifo")
+        os.mkfifo(self.path)
+
+    @property
+    def argv(self):
+        return ["/bin/cat", self.path]
+
+    def release(self):
+        """Let every blocked reader go; returns the monotonic release time."""
+        fd = os.open(self.path, os.O_WRONLY)  # blocks until a reader is there
+        stamp = now()
+        os.close(fd)
+        return stamp
+
+
+def tree_cpu_seconds(pid):
+    """User+system CPU seconds of a process and its live descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return None
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def tree_pids(pid):
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [pid] + [p.pid for p in root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=10):
+    """Signal a Popen we started and wait; kill it if it does not go."""
+    if proc.poll() is not None:
+        return proc.returncode
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            if _leads_group(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        return proc.wait(5)
+
+
+def _leads_group(pid):
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout, interval=0.02):
+    deadline = now() + timeout
+    while now() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def machine_info():
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            kb = int(fh.readline().split()[1])
+            info["memory_gib"] = round(kb / 1024 / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/etc/debian_version") as fh:
+            info["debian"] = fh.read().strip()
+    except OSError:
+        pass
+    try:
+        import sqlite3
+
+        info["sqlite"] = sqlite3.sqlite_version
+    except ImportError:
+        pass
+    return info
+
+
+def tool_version(argv):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else None
+
+
+def dpkg_version(package):
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def pip_version(dist):
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return None

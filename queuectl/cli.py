@@ -1,0 +1,383 @@
+"""The ``queuectl`` command line: parse, call one domain function, render.
+
+Heavy modules (tabulate, psutil, the worker and supervisor) are imported
+inside the commands that use them, so ``enqueue`` stays quick to start.
+Errors are translated in one place, ``QueueCtlGroup.main``: one line on
+stderr and an exit status (2 for bad input, 1 for everything else).
+"""
+
+import os
+import sys
+import time
+
+import click
+
+from queuectl import __version__
+from queuectl import config as config_mod
+from queuectl.errors import QueueCtlError, ValidationError
+from queuectl.jobs import JobState, parse_duration, parse_job_batch, parse_time
+
+# Batches bigger than this print one summary line instead of a line per job.
+SUMMARY_THRESHOLD = 20
+
+
+class QueueCtlGroup(click.Group):
+    """A Click group whose errors are one clear line, never a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _make_output_safe()
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = code if isinstance(code, int) else 0
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            code = 130
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            code = exc.exit_code
+        except QueueCtlError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            code = exc.exit_code
+        except BrokenPipeError:
+            # `queuectl list | head`: the reader left; nothing more to say.
+            _silence_stdout()
+            code = 1
+        except OSError as exc:
+            click.echo(f"Error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), err=True)
+            code = 1
+        except Exception as exc:  # the last line of defence: still one line
+            if os.environ.get("QUEUECTL_DEBUG"):
+                raise
+            click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (set QUEUECTL_DEBUG=1 for a traceback)", err=True)
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _make_output_safe():
+    # A terminal that can't show "✓" should get a stand-in, not a crash.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError):
+                pass
+
+
+def _silence_stdout():
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+class App:
+    """What every command needs: the queue home and (lazily) its storage."""
+
+    def __init__(self, home):
+        self.home = home
+        self._storage = None
+
+    def storage(self, *, durable=True):
+        if self._storage is None:
+            from queuectl.storage import open_storage
+
+            self._storage = open_storage(self.home, durable=durable)
+            click.get_current_context().call_on_close(self._storage.close)
+        return self._storage
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def json_option(func):
+    """``--json``: machine-readable output, shared by every read command."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+
+
+def _state_list(ctx, param, values):
+    try:
+        return [JobState.parse(v) for v in values]
+    except ValidationError as exc:
+        raise click.BadParameter(exc.message, ctx=ctx, param=param) from None
+
+
+@click.group(cls=QueueCtlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="QUEUECTL_HOME",
+    help="Queue home holding queuectl.db, the config and workers.pid [default: current directory; env QUEUECTL_HOME].",
+)
+@click.version_option(__version__, prog_name="queuectl")
+@click.pass_context
+def cli(ctx, home):
+    """queuectl: a durable background job queue for shell commands.
+
+    Enqueue JSON jobs, start workers, and every job runs: failures retry with
+    exponential backoff and end in a dead letter queue (DLQ) when their
+    attempts are used up. Everything lives in the queue home.
+    """
+    ctx.obj = App(config_mod.Home.resolve(home))
+
+
+# --- enqueue -------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("job_json", required=False, metavar="JSON")
+@click.option("-f", "--file", "job_file", type=click.File("r", encoding="utf-8"), help="Read jobs from FILE (a JSON object, array, or JSON lines; - for stdin).")
+@click.option("--priority", type=int, help="Priority for the job(s); higher runs first.")
+@click.option("--delay", help="Run no sooner than this from now (e.g. 30s, 5m, 2h).")
+@click.option("--run-at", help="Run no sooner than this ISO-8601 time (e.g. 2026-12-03T10:00:00Z).")
+@pass_app
+def enqueue(app, job_json, job_file, priority, delay, run_at):
+    """Add jobs to the queue.
+
+    JSON is one job, e.g. '{"id": "job1", "command": "echo hi"}', or an array of
+    jobs. A batch goes in whole or not at all.
+    """
+    if (job_json is None) == (job_file is None):
+        raise click.UsageError("give a job as JSON or a file with -f (exactly one)")
+    if delay is not None and run_at is not None:
+        raise click.UsageError("give --delay or --run-at, not both")
+    text = job_json if job_json is not None else job_file.read()
+    overrides = {}
+    if priority is not None:
+        overrides["priority"] = priority
+    if delay is not None:
+        overrides["delay"] = parse_duration(delay, "--delay")
+    if run_at is not None:
+        parse_time(run_at, "--run-at")
+        overrides["run_at"] = run_at
+    settings = config_mod.load_config(app.home)
+    jobs = parse_job_batch(
+        text,
+        now=time.time(),
+        default_max_retries=settings["max_retries"],
+        default_cwd=os.getcwd(),
+        overrides=overrides,
+    )
+    storage = app.storage()
+    storage.add_jobs(jobs)
+    _wake_workers(storage)
+    if len(jobs) > SUMMARY_THRESHOLD:
+        click.echo(f"✓ {len(jobs)} jobs enqueued successfully")
+    else:
+        for job in jobs:
+            click.echo(f"✓ Job {job.id} enqueued successfully")
+
+
+def _wake_workers(storage):
+    from queuectl import wakeup
+
+    wakeup.notify([w["wake_address"] for w in storage.list_workers()])
+
+
+# --- workers -------------------------------------------------------------------
+
+
+@cli.group()
+def worker():
+    """Start, stop or run workers."""
+
+
+@worker.command("start")
+@click.option("--count", "-c", type=click.IntRange(1, 256), default=1, show_default=True, help="How many workers to start.")
+@pass_app
+def worker_start(app, count):
+    """Start detached background workers.
+
+    They outlive this shell, are recorded in workers.pid and log to
+    workers.log in the queue home.
+    """
+    from queuectl import supervisor
+
+    pids = supervisor.start_workers(app.home, app.storage(), count)
+    click.echo(f"Started {len(pids)} worker process(es)")
+    click.echo(f"Worker PIDs: {pids}")
+
+
+@worker.command("stop")
+@click.option("--timeout", type=click.FloatRange(0), default=60.0, show_default=True, help="Seconds to wait for current jobs to finish.")
+@click.option("--force", is_flag=True, help="Kill workers (and their jobs) still running after --timeout.")
+@pass_app
+def worker_stop(app, timeout, force):
+    """Stop this queue's workers gracefully.
+
+    Each worker finishes its current job, then exits. Only processes proven to
+    be queuectl workers of this queue are signalled.
+    """
+    from queuectl import supervisor
+
+    report = supervisor.stop_workers(app.home, app.storage(), timeout, force)
+    for pid in report.stale:
+        click.echo(f"Removed stale entry for PID {pid} (not a running queuectl worker)", err=True)
+    if not report.stopping:
+        click.echo("No workers running")
+        return 0
+    click.echo(f"Stopping {len(report.stopping)} worker(s): {report.stopping}")
+    if report.killed:
+        click.echo(f"Force-killed {len(report.killed)} worker(s) still running after {timeout:g}s: {report.killed}")
+    if report.still_running:
+        raise QueueCtlError(
+            f"{len(report.still_running)} worker(s) still running after {timeout:g}s: "
+            f"{report.still_running} (use --force to kill them)"
+        )
+    click.echo("All workers stopped successfully")
+    return 0
+
+
+@worker.command("run")
+@click.option("--burst", is_flag=True, help="Exit once no job is due instead of waiting for more.")
+@click.option("--log-file", type=click.Path(dir_okay=False), hidden=True)
+@pass_app
+def worker_run(app, burst, log_file):
+    """Run one worker in the foreground.
+
+    Logs each job to the console. Ctrl+C (or SIGTERM) finishes the current job,
+    then exits; a second Ctrl+C stops the current job too.
+    """
+    from queuectl.worker import Worker
+
+    _configure_logging(log_file)
+    Worker(app.home, app.storage(durable=False), burst=burst).run()
+    return 0
+
+
+def _configure_logging(log_file):
+    import logging
+
+    if log_file:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s - %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s - %(message)s"))
+    root = logging.getLogger("queuectl")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+# --- reading -------------------------------------------------------------------
+
+
+@cli.command()
+@json_option
+@pass_app
+def status(app, as_json):
+    """Show job counts per state and the live workers."""
+    from queuectl import output, supervisor
+
+    storage = app.storage()
+    counts = storage.count_by_state()
+    workers = supervisor.live_workers(app.home, storage)
+    if as_json:
+        output.echo_json(output.status_json(counts, workers))
+    else:
+        click.echo(output.render_status(counts, workers))
+
+
+@cli.command("list")
+@click.option("--state", "states", multiple=True, callback=_state_list, help="Only jobs in this state (repeatable; 'dead' = dlq).")
+@click.option("--limit", type=click.IntRange(1), help="Show at most N jobs.")
+@json_option
+@pass_app
+def list_jobs(app, states, limit, as_json):
+    """List jobs, oldest first."""
+    from queuectl import output
+
+    jobs = app.storage().list_jobs(states, limit)
+    if as_json:
+        output.echo_json([job.to_dict() for job in jobs])
+    else:
+        click.echo(output.render_jobs(jobs))
+
+
+# --- DLQ -----------------------------------------------------------------------
+
+
+@cli.group()
+def dlq():
+    """Inspect and retry jobs in the dead letter queue."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(1), help="Show at most N jobs.")
+@json_option
+@pass_app
+def dlq_list(app, limit, as_json):
+    """List jobs whose attempts are used up."""
+    from queuectl import output
+
+    jobs = app.storage().list_jobs([JobState.DLQ], limit)
+    if as_json:
+        output.echo_json([job.to_dict() for job in jobs])
+    else:
+        click.echo(output.render_dlq(jobs))
+
+
+@dlq.command("retry")
+@click.argument("job_id", metavar="ID")
+@pass_app
+def dlq_retry(app, job_id):
+    """Move a job from the DLQ back to pending, with its attempts reset."""
+    storage = app.storage()
+    storage.revive(job_id, time.time())
+    _wake_workers(storage)
+    click.echo(f"Job {job_id} moved from DLQ back to pending queue")
+
+
+# --- config --------------------------------------------------------------------
+
+
+@cli.group()
+def config():
+    """Read and change settings (queuectl.config.json in the queue home)."""
+
+
+@config.command("get")
+@click.argument("key")
+@json_option
+@pass_app
+def config_get(app, key, as_json):
+    """Print one setting's value."""
+    name = config_mod.normalize_key(key)
+    value = config_mod.load_config(app.home)[name]
+    if as_json:
+        from queuectl import output
+
+        output.echo_json({name: value})
+    else:
+        click.echo(value)
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@pass_app
+def config_set(app, key, value):
+    """Change one setting (keys may use - or _)."""
+    name, stored = config_mod.set_value(app.home, key, value)
+    click.echo(f"Configuration updated: {name} = {stored}")
+
+
+@config.command("list")
+@json_option
+@pass_app
+def config_list(app, as_json):
+    """Show every setting with its current value."""
+    from queuectl import output
+
+    values = config_mod.load_config(app.home)
+    if as_json:
+        output.echo_json(values)
+    else:
+        click.echo(output.render_config(values))
+
+
+def main():
+    cli(prog_name="queuectl")

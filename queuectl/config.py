@@ -1,0 +1,244 @@
+"""The queue home and its configuration file.
+
+The home is a directory holding ``queuectl.db``, ``queuectl.config.json``,
+``workers.pid``, the workers' log and the per-attempt output logs. It is
+``--home``, else ``$QUEUECTL_HOME``, else the current directory.
+
+Configuration is one JSON object, written atomically (temp file + rename)
+under a lock on the home directory, so concurrent ``config set`` calls never
+lose an update or leave a torn file.
+"""
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+
+from queuectl.errors import ConfigError, StorageError
+
+DB_NAME = "queuectl.db"
+CONFIG_NAME = "queuectl.config.json"
+PIDFILE_NAME = "workers.pid"
+WORKER_LOG_NAME = "workers.log"
+LOGS_DIR_NAME = "logs"
+
+
+@dataclass(frozen=True)
+class Home:
+    """Where one queue keeps its files."""
+
+    path: str
+
+    @classmethod
+    def resolve(cls, option=None):
+        """``--home`` wins, then ``$QUEUECTL_HOME``, then the current directory."""
+        chosen = option or os.environ.get("QUEUECTL_HOME") or os.getcwd()
+        return cls(os.path.abspath(os.path.expanduser(chosen)))
+
+    @property
+    def db_path(self):
+        return os.path.join(self.path, DB_NAME)
+
+    @property
+    def config_path(self):
+        return os.path.join(self.path, CONFIG_NAME)
+
+    @property
+    def pidfile_path(self):
+        return os.path.join(self.path, PIDFILE_NAME)
+
+    @property
+    def worker_log_path(self):
+        return os.path.join(self.path, WORKER_LOG_NAME)
+
+    @property
+    def logs_dir(self):
+        return os.path.join(self.path, LOGS_DIR_NAME)
+
+    def ensure(self):
+        """Create the home if needed; fail with one clear line if we can't."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create queue home {self.path}: {exc.strerror}") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise StorageError(f"queue home {self.path} is not writable")
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold an exclusive lock on the home while changing one of its files.
+
+        The lock is taken on the directory itself, so no lock file is left
+        behind; on platforms without flock the block runs unlocked.
+        """
+        self.ensure()
+        try:
+            import fcntl
+        except ImportError:  # Windows: atomic rename still prevents torn files
+            yield
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def write_atomically(path, text):
+    """Replace ``path`` with ``text`` so readers see the old or new file, never half."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory):
+    # Makes the rename itself durable; not possible (or needed) everywhere.
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --- settings --------------------------------------------------------------
+
+
+def _int_at_least(minimum):
+    def parse(raw):
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"must be an integer >= {minimum}") from None
+        if value < minimum:
+            raise ConfigError(f"must be an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def _number(minimum, *, exclusive=False):
+    def parse(raw):
+        text = str(raw).strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        ok = math.isfinite(value) and (value > minimum if exclusive else value >= minimum)
+        if not ok:
+            relation = ">" if exclusive else ">="
+            raise ConfigError(f"must be a number {relation} {minimum:g}")
+        # Keep whole numbers as ints so `config get` prints 2, not 2.0.
+        return int(value) if value.is_integer() and "." not in text else value
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: object
+    parse: object
+    help: str
+
+
+SETTINGS = {
+    "max_retries": Setting(3, _int_at_least(0), "most attempts a job gets before the DLQ"),
+    "backoff_base": Setting(2, _number(1), "retry n waits backoff_base ** n seconds"),
+    "backoff_max_delay": Setting(300, _number(0), "cap on one retry wait, in seconds"),
+    "job_timeout": Setting(0, _number(0), "default per-job time limit in seconds (0 = none)"),
+    "lease_seconds": Setting(30, _number(0, exclusive=True), "a claim lapses this long after the worker's last renewal"),
+    "poll_interval": Setting(1.0, _number(0, exclusive=True), "longest an idle worker waits before looking again"),
+}
+
+
+def normalize_key(key):
+    """Accept ``max-retries`` and ``max_retries`` alike; refuse unknown keys."""
+    name = str(key).strip().lower().replace("-", "_")
+    if name not in SETTINGS:
+        known = ", ".join(SETTINGS)
+        raise ConfigError(f"unknown config key {key!r} (known keys: {known})")
+    return name
+
+
+def defaults():
+    return {key: setting.default for key, setting in SETTINGS.items()}
+
+
+def load_config(home):
+    """The effective configuration: defaults overlaid with the file's values."""
+    values = defaults()
+    values.update(_read_file(home.config_path))
+    return values
+
+
+def _read_file(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise StorageError(f"{path} does not hold a JSON object")
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name in SETTINGS:
+            try:
+                values[name] = SETTINGS[name].parse(value)
+            except ConfigError as exc:
+                raise StorageError(f"{path}: {name} {exc.message}") from None
+    return values
+
+
+def set_value(home, key, raw_value):
+    """Validate and persist one setting; returns the (key, value) stored."""
+    name = normalize_key(key)
+    try:
+        value = SETTINGS[name].parse(raw_value)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid value {raw_value!r} for {name}: {exc.message}") from None
+    with home.locked():
+        stored = _read_file(home.config_path)
+        stored[name] = value
+        write_atomically(home.config_path, json.dumps(stored, indent=2, sort_keys=True) + "\n")
+    return name, value
+
+
+class ConfigWatcher:
+    """Gives a long-running worker the current config, re-reading on change."""
+
+    def __init__(self, home):
+        self._home = home
+        self._stamp = None
+        self._values = None
+
+    def current(self):
+        try:
+            stat = os.stat(self._home.config_path)
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        if self._values is None or stamp != self._stamp:
+            try:
+                self._values = load_config(self._home)
+            except StorageError:
+                # A worker keeps its last good config rather than dying on a bad edit.
+                if self._values is None:
+                    raise
+            self._stamp = stamp
+        return self._values

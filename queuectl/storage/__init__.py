@@ -1,0 +1,33 @@
+"""Pick and open the storage backend for a queue home.
+
+``$QUEUECTL_DB`` may name the database: a file path or ``sqlite:///PATH``
+(``sqlite:////abs/q.db`` or ``sqlite:///relative/q.db``) selects SQLite; ``postgresql://...`` is reserved for the PostgreSQL backend.
+Without it, the queue is ``queuectl.db`` in the queue home.
+"""
+
+import os
+
+from queuectl.errors import StorageError
+from queuectl.storage.base import Storage
+
+__all__ = ["Storage", "open_storage"]
+
+
+def open_storage(home, *, durable=True):
+    """Open the queue of ``home``; ``durable=False`` only for worker transitions."""
+    url = os.environ.get("QUEUECTL_DB", "").strip()
+    if url.startswith(("postgres://", "postgresql://")):
+        raise StorageError("the PostgreSQL backend is not available in this version")
+    if url.startswith("sqlite:///"):
+        # sqlite:///PATH, where PATH is absolute (sqlite:////tmp/q.db) or relative to cwd.
+        path = url[len("sqlite:///"):]
+    elif url.startswith("sqlite:"):
+        raise StorageError(f"QUEUECTL_DB {url!r} is not a sqlite:///PATH URL")
+    elif url:
+        path = url
+    else:
+        home.ensure()
+        path = home.db_path
+    from queuectl.storage.sqlite import SqliteStorage
+
+    return SqliteStorage(os.path.abspath(path), durable=durable)

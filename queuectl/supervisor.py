@@ -1,0 +1,244 @@
+"""Detached workers: start them, find them, stop them safely.
+
+``workers.pid`` lists the workers that ``worker start`` launched, each as
+its PID and process start time. PIDs get reused, so before signalling
+anything we ask psutil whether the process with that PID started at that
+time and is a queuectl worker; anything else is a stale entry and is only
+removed from the file, never signalled. Workers started in the foreground
+(``worker run``) are found through the worker registry in the database.
+"""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List
+
+import psutil
+
+from queuectl.config import write_atomically
+from queuectl.errors import WorkerError
+from queuectl.worker import worker_name
+
+logger = logging.getLogger("queuectl.supervisor")
+
+STARTUP_TIMEOUT_SECONDS = 20.0
+# Start times are floats derived from boot time and clock ticks; allow a
+# little slack for rounding, far less than any plausible PID reuse.
+START_TIME_TOLERANCE = 0.5
+
+
+@dataclass
+class StopReport:
+    stopping: List[int] = field(default_factory=list)
+    stale: List[int] = field(default_factory=list)
+    killed: List[int] = field(default_factory=list)
+    still_running: List[int] = field(default_factory=list)
+
+
+# --- workers.pid -----------------------------------------------------------
+
+
+def read_pidfile(home):
+    """Entries of ``workers.pid`` as ``{"pid": int, "create_time": float|None}``."""
+    try:
+        with open(home.pidfile_path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise WorkerError(f"cannot read {home.pidfile_path}: {exc.strerror}") from None
+    try:
+        raw = json.loads(text)
+        entries = raw["workers"] if isinstance(raw, dict) else raw
+        return [
+            {"pid": int(entry["pid"]), "create_time": entry.get("create_time")}
+            for entry in entries
+            if isinstance(entry, dict) and "pid" in entry
+        ]
+    except (ValueError, KeyError, TypeError):
+        # An old or hand-written file: bare PIDs, one per line. Without a
+        # start time we can't prove identity, so they count as stale.
+        return [{"pid": int(tok), "create_time": None} for tok in text.split() if tok.isdigit()]
+
+
+def _write_pidfile(home, entries):
+    write_atomically(home.pidfile_path, json.dumps({"workers": entries}, indent=2) + "\n")
+
+
+def _update_pidfile(home, add=(), remove=()):
+    with home.locked():
+        entries = [e for e in read_pidfile(home) if e["pid"] not in set(remove)]
+        entries.extend(add)
+        _write_pidfile(home, entries)
+
+
+# --- identity ----------------------------------------------------------------
+
+
+def identify_worker(pid, create_time):
+    """The psutil.Process if ``pid`` is the queuectl worker we recorded, else None."""
+    try:
+        proc = psutil.Process(pid)
+        if create_time is None or abs(proc.create_time() - create_time) > START_TIME_TOLERANCE:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    joined = " ".join(cmdline)
+    return proc if "queuectl" in joined and "worker" in joined else None
+
+
+def _candidates(home, storage):
+    """Every recorded worker of this queue on this host: {pid: create_time}."""
+    found = {e["pid"]: e["create_time"] for e in read_pidfile(home)}
+    here = socket.gethostname()
+    for row in storage.list_workers():
+        if row["hostname"] == here and found.get(row["pid"]) is None:
+            found[row["pid"]] = row["process_started_at"]
+    return found
+
+
+def live_workers(home, storage):
+    """Live workers of this queue: local ones verified, remote ones as registered."""
+    here = socket.gethostname()
+    live = []
+    for row in storage.list_workers():
+        if row["hostname"] != here or identify_worker(row["pid"], row["process_started_at"]):
+            live.append(row)
+    return live
+
+
+# --- start -------------------------------------------------------------------
+
+
+def start_workers(home, storage, count):
+    """Launch ``count`` detached workers; return their PIDs once each is registered."""
+    home.ensure()
+    procs = [_spawn(home) for _ in range(count)]
+    try:
+        _wait_registered(home, storage, procs)
+    except BaseException:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        raise
+    entries = [{"pid": p.pid, "create_time": psutil.Process(p.pid).create_time()} for p in procs]
+    _update_pidfile(home, add=entries)
+    for proc in procs:
+        proc.returncode = 0  # detached on purpose: don't warn that it still runs
+    return [p.pid for p in procs]
+
+
+def _spawn(home):
+    argv = [sys.executable, "-m", "queuectl", "--home", home.path, "worker", "run", "--log-file", home.worker_log_path]
+    with open(home.worker_log_path, "ab") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            # A session of its own: closing the terminal (SIGHUP) or Ctrl+C
+            # there doesn't reach it; it outlives the shell that started it.
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def _wait_registered(home, storage, procs):
+    pending = {worker_name(p.pid): p for p in procs}
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while pending:
+        registered = {row["worker_id"] for row in storage.list_workers()}
+        for name in list(pending):
+            if name in registered:
+                del pending[name]
+            elif pending[name].poll() is not None:
+                raise WorkerError(
+                    f"worker exited during start-up (code {pending[name].returncode}); "
+                    f"see {home.worker_log_path}: {_last_log_line(home)}"
+                )
+        if pending and time.monotonic() > deadline:
+            raise WorkerError(f"workers did not start within {STARTUP_TIMEOUT_SECONDS:.0f}s; see {home.worker_log_path}")
+        if pending:
+            time.sleep(0.05)
+
+
+def _last_log_line(home):
+    try:
+        with open(home.worker_log_path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 2048))
+            lines = handle.read().decode("utf-8", "replace").strip().splitlines()
+        return lines[-1] if lines else ""
+    except OSError:
+        return ""
+
+
+# --- stop --------------------------------------------------------------------
+
+
+def stop_workers(home, storage, timeout, force):
+    """Gracefully stop every live worker of this queue on this host."""
+    report = StopReport()
+    live = {}
+    for pid, create_time in sorted(_candidates(home, storage).items()):
+        proc = identify_worker(pid, create_time)
+        if proc is None:
+            report.stale.append(pid)
+        else:
+            live[pid] = proc
+    _forget(home, storage, report.stale)
+
+    for pid, proc in live.items():
+        try:
+            proc.send_signal(signal.SIGTERM)
+            report.stopping.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs([live[pid] for pid in report.stopping], timeout=timeout)
+
+    for proc in alive:
+        if force:
+            _kill_worker_tree(proc)
+            report.killed.append(proc.pid)
+        else:
+            report.still_running.append(proc.pid)
+    _forget(home, storage, [pid for pid in report.stopping if pid not in report.still_running])
+    return report
+
+
+def _kill_worker_tree(proc):
+    """SIGKILL a worker and its jobs' process groups; leases recover the jobs."""
+    try:
+        children = proc.children(recursive=False)
+    except psutil.NoSuchProcess:
+        children = []
+    for child in children:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        proc.kill()
+        proc.wait(5)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _forget(home, storage, pids):
+    """Drop these PIDs from workers.pid and the registry."""
+    if not pids:
+        return
+    _update_pidfile(home, remove=pids)
+    here = socket.gethostname()
+    for row in storage.list_workers():
+        if row["hostname"] == here and row["pid"] in pids:
+            storage.unregister_worker(row["worker_id"])

@@ -1,0 +1,267 @@
+"""The worker loop.
+
+One iteration, in order:
+
+1. Stop if a graceful stop was requested (SIGINT / SIGTERM between jobs).
+2. Reap claims whose lease ran out (their worker died), at most once a second.
+3. Claim the next due job: highest priority, then oldest.
+4. If none is due, wait until the next job becomes due, an ``enqueue``
+   wakes us, a signal arrives, or ``poll_interval`` passes; then go to 1.
+5. Run the command (see ``executor``), renewing the lease every third of
+   its length. A failed renewal means the claim was taken from us, so the
+   job's tree is stopped and its result discarded.
+6. Record the outcome, fenced by the claim: completed; failed with the time
+   of its next attempt (``backoff_base ** attempts`` seconds, capped); or
+   buried in the DLQ once its attempts are used up.
+
+Signals only set flags and wake the loop; a first SIGINT/SIGTERM lets the
+current job finish, a second stops it (whole tree) and records that attempt
+as failed. Unexpected errors are logged with their traceback and the loop
+carries on.
+"""
+
+import logging
+import os
+import select
+import signal
+import socket
+import time
+
+from queuectl import config as config_mod
+from queuectl import executor, wakeup
+from queuectl.jobs import AttemptResult, format_seconds, retry_delay
+
+logger = logging.getLogger("queuectl.worker")
+
+REAP_INTERVAL_SECONDS = 1.0
+ERROR_PAUSE_SECONDS = 1.0
+
+
+def worker_name(pid=None):
+    return f"worker-{pid or os.getpid()}"
+
+
+class Worker:
+    """Claims and runs jobs from one queue until asked to stop."""
+
+    def __init__(self, home, storage, *, burst=False, clock=time.time):
+        self.home = home
+        self.storage = storage
+        self.burst = burst
+        self.clock = clock
+        self.worker_id = worker_name()
+        self.config = config_mod.ConfigWatcher(home)
+        self.stop_requested = False
+        self.abort_requested = False
+        self._stop_announced = False
+        self._last_reap = 0.0
+        self._wake = None
+        self._signal_r = self._signal_w = None
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def run(self):
+        """Work until stopped (or, in burst mode, until nothing is due)."""
+        os.makedirs(self.home.logs_dir, exist_ok=True)
+        self._install_signal_handlers()
+        self._wake = wakeup.WakeSocket()
+        self._register()
+        logger.info("Worker %s started (pid %s)", self.worker_id, os.getpid())
+        try:
+            while not self.stop_requested:
+                try:
+                    if not self.run_once():
+                        if self.burst:
+                            break
+                        self._idle()
+                except Exception:
+                    logger.exception("Worker %s hit an unexpected error; continuing", self.worker_id)
+                    self._sleep(ERROR_PAUSE_SECONDS)
+            if self.stop_requested:
+                logger.info("Worker %s received a stop signal; exiting", self.worker_id)
+        finally:
+            self._unregister()
+            self._wake.close()
+            self._restore_signal_handlers()
+        logger.info("Worker %s stopped", self.worker_id)
+
+    def run_once(self):
+        """Reap, claim and run one job. False when no job was due."""
+        settings = self.config.current()
+        now = self.clock()
+        if now - self._last_reap >= REAP_INTERVAL_SECONDS:
+            self._last_reap = now
+            self._reap(settings, now)
+        job = self.storage.claim(self.worker_id, now, settings["lease_seconds"])
+        if job is None:
+            return False
+        self._process(job, settings)
+        return True
+
+    # --- one job -----------------------------------------------------------
+
+    def _process(self, job, settings):
+        limit = job.attempt_limit
+        logger.info(
+            "Worker %s processing job %s (attempt %d/%d): %s",
+            self.worker_id, job.id, job.attempts, limit, job.command,
+        )
+        lease = settings["lease_seconds"]
+        timeout = job.timeout if job.timeout is not None else settings["job_timeout"]
+        base = os.path.join(self.home.logs_dir, str(job.attempt_id))
+
+        def tick():
+            if self._signal_r is not None:
+                _drain(self._signal_r)
+            if self.abort_requested:
+                logger.warning("Second stop signal: stopping job %s now", job.id)
+                return "worker was interrupted"
+            if self.stop_requested and not self._stop_announced:
+                self._stop_announced = True
+                logger.info("Stop requested: finishing job %s, then exiting", job.id)
+            if self.clock() >= job.lease_expires_at - lease * 2 / 3:
+                if not self.storage.renew_lease(job, self.clock(), lease):
+                    return "lost the claim (job cancelled or lease expired)"
+            return None
+
+        run = executor.run_command(
+            job.command,
+            stdout_path=base + ".out",
+            stderr_path=base + ".err",
+            cwd=job.cwd,
+            env=job.env,
+            timeout=timeout or None,
+            tick=tick,
+            tick_interval=max(0.05, lease / 3),
+            wake_fds=[self._signal_r] if self._signal_r is not None else [],
+        )
+        self._record(job, run, settings)
+
+    def _record(self, job, run, settings):
+        now = self.clock()
+        result = AttemptResult(
+            succeeded=run.succeeded,
+            exit_code=run.exit_code,
+            error_message=run.error_message,
+            stdout_tail=run.stdout_tail,
+            stderr_tail=run.stderr_tail,
+        )
+        limit = job.attempt_limit
+        if run.succeeded:
+            recorded = self.storage.complete(job, result, now)
+            if recorded:
+                logger.info("Job %s completed (attempt %d/%d)", job.id, job.attempts, limit)
+        else:
+            logger.warning("Job %s failed (attempt %d/%d): %s", job.id, job.attempts, limit, result.error_message)
+            if job.is_exhausted:
+                recorded = self.storage.bury(job, result, now)
+                if recorded:
+                    logger.info("Job %s moved to DLQ after %d attempts", job.id, job.attempts)
+            else:
+                delay = self._retry_delay(job, settings)
+                recorded = self.storage.retry_later(job, result, now, now + delay)
+                if recorded:
+                    logger.info(
+                        "Job %s will retry in %s (attempt %d/%d)",
+                        job.id, format_seconds(delay), job.attempts, limit,
+                    )
+        if not recorded:
+            logger.warning(
+                "Job %s attempt %d was taken from worker %s before it finished; its result was discarded",
+                job.id, job.attempts, self.worker_id,
+            )
+
+    @staticmethod
+    def _retry_delay(job, settings):
+        return retry_delay(job.attempts, settings["backoff_base"], settings["backoff_max_delay"])
+
+    def _reap(self, settings, now):
+        def retry_at(job):
+            return None if job.is_exhausted else now + self._retry_delay(job, settings)
+
+        for job in self.storage.reap_expired(now, retry_at):
+            logger.warning(
+                "Job %s lost its worker %s (lease expired); attempt %d/%d counted as failed",
+                job.id, job.worker_id, job.attempts, job.attempt_limit,
+            )
+            if job.state.value == "dlq":
+                logger.info("Job %s moved to DLQ after %d attempts", job.id, job.attempts)
+
+    # --- waiting -----------------------------------------------------------
+
+    def _idle(self):
+        settings = self.config.current()
+        timeout = settings["poll_interval"]
+        due = self.storage.next_due_at()
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - self.clock()))
+        self._sleep(timeout, include_wake=True)
+
+    def _sleep(self, timeout, include_wake=False):
+        """Wait up to ``timeout`` seconds; a signal or (optionally) a wake-up ends it early."""
+        fds = [fd for fd in (self._signal_r,) if fd is not None]
+        if include_wake and self._wake.fileno() is not None:
+            fds.append(self._wake.fileno())
+        if self.stop_requested:
+            return
+        if fds:
+            try:
+                select.select(fds, [], [], timeout)
+            except InterruptedError:
+                pass
+            if self._signal_r is not None:
+                _drain(self._signal_r)
+            self._wake.drain()
+        else:
+            time.sleep(timeout)
+
+    # --- registry and signals ----------------------------------------------
+
+    def _register(self):
+        import psutil
+
+        started = psutil.Process().create_time()
+        self.storage.register_worker(
+            self.worker_id, os.getpid(), socket.gethostname(), started, self.clock(), self._wake.address
+        )
+
+    def _unregister(self):
+        try:
+            self.storage.unregister_worker(self.worker_id)
+        except Exception:
+            logger.exception("Worker %s could not unregister", self.worker_id)
+
+    def _install_signal_handlers(self):
+        self._previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        if hasattr(signal, "set_wakeup_fd"):
+            self._signal_r, self._signal_w = os.pipe()
+            os.set_blocking(self._signal_r, False)
+            os.set_blocking(self._signal_w, False)
+            self._previous_wakeup = signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
+
+    def _restore_signal_handlers(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        if self._signal_r is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            os.close(self._signal_r)
+            os.close(self._signal_w)
+            self._signal_r = self._signal_w = None
+
+    def _on_signal(self, signum, frame):
+        # Only flags here (logging from a handler can interleave with the
+        # loop's own logging); the loop acts on them at a safe point.
+        if self.stop_requested:
+            self.abort_requested = True
+        else:
+            self.stop_requested = True
+
+
+def _drain(fd):
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
