@@ -260,7 +260,8 @@ class Queue:
         for worker in self.foreground_workers:
             worker.kill()
         try:
-            self.cli("worker", "stop", "--force", expect_rc=None, show=False)
+            # No waiting for jobs here: cleanup follows a failure or Ctrl+C.
+            self.cli("worker", "stop", "--timeout", "0", "--force", expect_rc=None, show=False)
         except ScenarioFailed as exc:
             print(f"warning: could not stop the workers in {self.home}: {exc}", file=sys.stderr)
 
