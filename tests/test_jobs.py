@@ -1,0 +1,157 @@
+"""Job specs, states, time parsing and the backoff schedule (pure, no I/O)."""
+
+from datetime import datetime, timezone
+
+import pytest
+
+from queuectl.errors import ValidationError
+from queuectl.jobs import (
+    JobState,
+    parse_duration,
+    parse_job_batch,
+    parse_job_spec,
+    parse_time,
+    retry_delay,
+    summarize_failure,
+)
+
+NOW = 1_800_000_000.0
+
+
+def spec(**fields):
+    return parse_job_spec(fields, now=NOW, default_max_retries=3, default_cwd="/tmp")
+
+
+def test_minimal_job_gets_defaults():
+    job = spec(command="echo hi")
+    assert len(job.id) == 32 and job.id.isalnum()
+    assert job.state is JobState.PENDING
+    assert (job.max_retries, job.priority, job.attempts) == (3, 0, 0)
+    assert job.next_run_at == NOW and job.created_at == NOW
+    assert job.cwd == "/tmp" and job.env == {} and job.timeout is None
+
+
+def test_every_field_is_honoured():
+    job = spec(id="x", command="ls", max_retries=5, priority=-2, delay=30, timeout=1.5, cwd="/var", env={"A": "b"})
+    assert (job.id, job.max_retries, job.priority, job.timeout) == ("x", 5, -2, 1.5)
+    assert job.next_run_at == NOW + 30
+    assert (job.cwd, job.env) == ("/var", {"A": "b"})
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({}, "field 'command' is required"),
+        ({"command": ""}, "field 'command' must not be empty"),
+        ({"command": "   "}, "field 'command' must not be empty"),
+        ({"command": 5}, "field 'command' must be a string, got an integer"),
+        ({"command": "x", "max_retries": "3"}, "field 'max_retries' must be an integer, got a string"),
+        ({"command": "x", "max_retries": True}, "field 'max_retries' must be an integer, got a boolean"),
+        ({"command": "x", "max_retries": -1}, "field 'max_retries' must be >= 0, got -1"),
+        ({"command": "x", "priority": 1.5}, "field 'priority' must be an integer, got a number"),
+        ({"command": "x", "timeout": -3}, "field 'timeout' must be a non-negative number, got -3"),
+        ({"command": "x", "delay": "soon"}, "field 'delay' must be a number, got a string"),
+        ({"command": "x", "run_at": "tomorrow"}, "run_at 'tomorrow' is not an ISO-8601 time"),
+        ({"command": "x", "run_at": "2026-01-01T00:00:00Z", "delay": 1}, "give either 'run_at' or 'delay', not both"),
+        ({"command": "x", "env": ["A"]}, "field 'env' must be an object of strings, got an array"),
+        ({"command": "x", "env": {"A": 1}}, "field 'env' value for 'A' must be a string"),
+        ({"command": "x", "id": 7}, "field 'id' must be a string, got an integer"),
+        ({"command": "x", "id": ""}, "field 'id' must not be empty"),
+        ({"command": "x", "id": "a\nb"}, "field 'id' must not contain control characters"),
+        ({"command": "x", "colour": "red"}, "unknown field 'colour'"),
+    ],
+)
+def test_bad_fields_are_refused_by_name(fields, message):
+    with pytest.raises(ValidationError) as info:
+        spec(**fields)
+    assert message in info.value.message
+
+
+def test_a_job_must_be_an_object():
+    with pytest.raises(ValidationError, match="a job must be a JSON object, got a string"):
+        parse_job_spec("echo", now=NOW, default_max_retries=3, default_cwd=None)
+
+
+def test_run_at_zones_are_converted_to_utc():
+    utc = parse_time("2026-12-03T10:00:00Z")
+    assert utc == datetime(2026, 12, 3, 10, tzinfo=timezone.utc).timestamp()
+    assert parse_time("2026-12-03T12:00:00+02:00") == utc
+    naive_local = datetime(2026, 12, 3, 10, 0).astimezone().timestamp()
+    assert parse_time("2026-12-03T10:00:00") == naive_local
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("30s", 30), ("5m", 300), ("2h", 7200), ("7d", 604800), ("1.5s", 1.5), ("250ms", 0.25)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5s", "5 parsecs", "1e3"])
+def test_bad_durations(text):
+    with pytest.raises(ValidationError, match="is not a duration"):
+        parse_duration(text, "--older-than")
+
+
+def test_backoff_schedule_is_exponential_and_capped():
+    assert [retry_delay(n, 2, 300) for n in (1, 2, 3, 4)] == [2, 4, 8, 16]
+    assert retry_delay(9, 2, 300) == 300
+    assert retry_delay(2, 1.5, 300) == pytest.approx(2.25)
+    assert retry_delay(5, 1, 300) == 1
+    assert retry_delay(100000, 10, 60) == 60  # overflow is capped, not a crash
+
+
+def test_attempt_limit_semantics():
+    assert spec(command="x", max_retries=3).attempt_limit == 3
+    assert spec(command="x", max_retries=0).attempt_limit == 1
+
+
+def test_failure_summary_uses_last_stderr_line():
+    assert summarize_failure(1, "") == "Exit code 1"
+    assert summarize_failure(2, "warning\nTraceback\nSyntaxError: invalid syntax\n\n") == "Exit code 2: SyntaxError: invalid syntax"
+    assert len(summarize_failure(1, "x" * 10_000)) == 500
+
+
+def test_state_parsing_accepts_dead_alias():
+    assert JobState.parse("dead") is JobState.DLQ
+    assert JobState.parse("Completed") is JobState.COMPLETED
+    with pytest.raises(ValidationError, match="unknown state 'finished'"):
+        JobState.parse("finished")
+
+
+class TestBatches:
+    def parse(self, text, **overrides):
+        return parse_job_batch(text, now=NOW, default_max_retries=3, default_cwd="/w", overrides=overrides or None)
+
+    def test_object_array_and_json_lines(self):
+        assert [j.id for j in self.parse('{"id": "a", "command": "x"}')] == ["a"]
+        assert [j.id for j in self.parse('[{"id": "a", "command": "x"}, {"id": "b", "command": "y"}]')] == ["a", "b"]
+        lines = '{"id": "a", "command": "x"}\n\n{"id": "b", "command": "y"}\n'
+        assert [j.id for j in self.parse(lines)] == ["a", "b"]
+
+    def test_pretty_printed_object(self):
+        assert [j.id for j in self.parse('{\n  "id": "a",\n  "command": "x"\n}\n')] == ["a"]
+
+    def test_one_bad_job_names_its_position(self):
+        with pytest.raises(ValidationError, match="job 2: field 'command' is required"):
+            self.parse('[{"command": "x"}, {"id": "b"}]')
+
+    def test_bad_json_line_names_the_line(self):
+        with pytest.raises(ValidationError, match="invalid JSON on line 2"):
+            self.parse('{"command": "x"}\n{"command": \n')
+
+    @pytest.mark.parametrize("text", ["", "   ", "[]"])
+    def test_empty_input(self, text):
+        with pytest.raises(ValidationError, match="no jobs given"):
+            self.parse(text)
+
+    def test_malformed_json(self):
+        with pytest.raises(ValidationError, match="invalid JSON"):
+            self.parse('{"command": "x"')
+
+    def test_duplicate_ids_within_a_batch(self):
+        with pytest.raises(ValidationError, match="appears more than once"):
+            self.parse('[{"id": "a", "command": "x"}, {"id": "a", "command": "y"}]')
+
+    def test_overrides_apply_to_every_job(self):
+        jobs = self.parse('[{"command": "x", "delay": 5}, {"command": "y"}]', priority=7, run_at="2026-12-03T10:00:00Z")
+        assert {j.priority for j in jobs} == {7}
+        assert {j.next_run_at for j in jobs} == {parse_time("2026-12-03T10:00:00Z")}

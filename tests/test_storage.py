@@ -1,0 +1,289 @@
+"""The storage contract, written once against the interface.
+
+``storage`` is parametrised by backend; a new backend (PostgreSQL) adds a
+parameter and inherits every test. Time is injected: nothing here waits.
+"""
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from queuectl.config import Home
+from queuectl.errors import DuplicateJobError, InvalidTransitionError, JobNotFoundError, StorageError
+from queuectl.jobs import AttemptResult, JobState, parse_job_spec
+from queuectl.storage import open_storage
+
+T0 = 1_800_000_000.0
+LEASE = 30.0
+OK = AttemptResult(succeeded=True, exit_code=0, error_message=None, stdout_tail="out", stderr_tail="")
+BOOM = AttemptResult(succeeded=False, exit_code=1, error_message="Exit code 1: boom", stdout_tail="", stderr_tail="boom")
+
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+def storage(request, tmp_path, monkeypatch):
+    monkeypatch.delenv("QUEUECTL_DB", raising=False)
+    store = open_storage(Home(str(tmp_path)))
+    yield store
+    store.close()
+
+
+def make(job_id, now=T0, **fields):
+    return parse_job_spec(dict(fields, id=job_id, command=fields.get("command", "true")), now=now, default_max_retries=3, default_cwd=None)
+
+
+def add(storage, *jobs):
+    storage.add_jobs(list(jobs))
+
+
+class TestEnqueue:
+    def test_added_job_can_be_read_back(self, storage):
+        add(storage, make("a", priority=4, env={"K": "v"}, timeout=2.5))
+        job = storage.get("a")
+        assert (job.state, job.priority, job.env, job.timeout, job.attempts) == (JobState.PENDING, 4, {"K": "v"}, 2.5, 0)
+
+    def test_duplicate_id_is_refused(self, storage):
+        add(storage, make("a"))
+        with pytest.raises(DuplicateJobError, match="job 'a' already exists"):
+            add(storage, make("a"))
+
+    def test_batch_is_all_or_nothing(self, storage):
+        add(storage, make("taken"))
+        with pytest.raises(DuplicateJobError):
+            add(storage, make("new-1"), make("taken"), make("new-2"))
+        assert [j.id for j in storage.list_jobs()] == ["taken"]
+
+    def test_unknown_id(self, storage):
+        with pytest.raises(JobNotFoundError, match="job 'nope' not found"):
+            storage.get("nope")
+
+
+class TestClaim:
+    def test_nothing_to_claim(self, storage):
+        assert storage.claim("w1", T0, LEASE) is None
+
+    def test_claim_marks_processing_with_a_lease(self, storage):
+        add(storage, make("a"))
+        job = storage.claim("w1", T0 + 1, LEASE)
+        assert (job.id, job.state, job.attempts, job.worker_id) == ("a", JobState.PROCESSING, 1, "w1")
+        assert job.lease_expires_at == T0 + 1 + LEASE
+        assert storage.claim("w2", T0 + 1, LEASE) is None
+
+    def test_priority_then_fifo(self, storage):
+        add(storage, make("low-old", now=T0, priority=0), make("high", now=T0 + 2, priority=5))
+        add(storage, make("low-new", now=T0 + 1, priority=0), make("mid", now=T0 + 3, priority=1))
+        add(storage, make("same-time-1", now=T0), make("same-time-2", now=T0))
+        order = []
+        while (job := storage.claim("w", T0 + 10, LEASE)) is not None:
+            order.append(job.id)
+        assert order == ["high", "mid", "low-old", "same-time-1", "same-time-2", "low-new"]
+
+    def test_future_jobs_wait_for_their_time(self, storage):
+        add(storage, make("later", delay=60), make("now"))
+        assert storage.claim("w", T0, LEASE).id == "now"
+        assert storage.claim("w", T0 + 59, LEASE) is None
+        assert storage.next_due_at() == T0 + 60
+        assert storage.claim("w", T0 + 60, LEASE).id == "later"
+        assert storage.next_due_at() is None
+
+
+class TestOutcomes:
+    def test_complete(self, storage):
+        add(storage, make("a"))
+        job = storage.claim("w", T0, LEASE)
+        assert storage.complete(job, OK, T0 + 2)
+        done = storage.get("a")
+        assert (done.state, done.exit_code, done.finished_at, done.lease_expires_at) == (JobState.COMPLETED, 0, T0 + 2, None)
+        [attempt] = storage.attempts("a")
+        assert (attempt.number, attempt.worker_id, attempt.exit_code, attempt.stdout_tail) == (1, "w", 0, "out")
+        assert attempt.started_at == T0 and attempt.finished_at == T0 + 2
+
+    def test_retry_later_then_claim_again(self, storage):
+        add(storage, make("a"))
+        job = storage.claim("w", T0, LEASE)
+        assert storage.retry_later(job, BOOM, T0 + 1, retry_at=T0 + 3)
+        failed = storage.get("a")
+        assert (failed.state, failed.error_message, failed.next_run_at) == (JobState.FAILED, "Exit code 1: boom", T0 + 3)
+        assert storage.claim("w", T0 + 2.9, LEASE) is None
+        again = storage.claim("w", T0 + 3, LEASE)
+        assert (again.id, again.attempts) == ("a", 2)
+
+    def test_bury_and_revive(self, storage):
+        add(storage, make("a"))
+        job = storage.claim("w", T0, LEASE)
+        assert storage.bury(job, BOOM, T0 + 1)
+        assert storage.get("a").state is JobState.DLQ
+        revived = storage.revive("a", T0 + 5)
+        assert (revived.state, revived.attempts, revived.error_message, revived.next_run_at) == (JobState.PENDING, 0, None, T0 + 5)
+        again = storage.claim("w", T0 + 5, LEASE)
+        assert again.attempts == 1
+        assert [a.number for a in storage.attempts("a")] == [1, 1]
+
+    def test_revive_refuses_jobs_not_in_dlq(self, storage):
+        add(storage, make("a"))
+        with pytest.raises(InvalidTransitionError, match="job 'a' is not in the DLQ \\(state: pending\\)"):
+            storage.revive("a", T0)
+        with pytest.raises(JobNotFoundError):
+            storage.revive("missing", T0)
+        assert storage.get("a").state is JobState.PENDING
+
+    def test_counts_cover_every_state(self, storage):
+        add(storage, make("a"), make("b"), make("c"))
+        storage.complete(storage.claim("w", T0, LEASE), OK, T0)
+        storage.claim("w", T0, LEASE)
+        counts = storage.count_by_state()
+        assert set(counts) == set(JobState)
+        assert (counts[JobState.PENDING], counts[JobState.PROCESSING], counts[JobState.COMPLETED]) == (1, 1, 1)
+
+    def test_list_filters_and_limits(self, storage):
+        add(storage, *(make(f"j{i}", now=T0 + i) for i in range(5)))
+        storage.complete(storage.claim("w", T0 + 9, LEASE), OK, T0 + 9)
+        assert [j.id for j in storage.list_jobs([JobState.PENDING], limit=2)] == ["j1", "j2"]
+        assert [j.id for j in storage.list_jobs([JobState.COMPLETED])] == ["j0"]
+
+
+class TestLeasesAndFencing:
+    def test_expired_claim_is_reaped_and_counts_as_an_attempt(self, storage):
+        add(storage, make("a"))
+        job = storage.claim("w1", T0, LEASE)
+        assert storage.reap_expired(T0 + LEASE - 1, lambda j: T0 + 100) == []
+        [reaped] = storage.reap_expired(T0 + LEASE + 1, lambda j: T0 + 100)
+        assert (reaped.id, reaped.state, reaped.attempts) == ("a", JobState.FAILED, 1)
+        assert "Worker w1 was lost (lease expired)" == storage.get("a").error_message
+        # The lost worker comes back: every change it tries is refused.
+        assert not storage.renew_lease(job, T0 + 40, LEASE)
+        assert not storage.complete(job, OK, T0 + 40)
+        assert not storage.bury(job, BOOM, T0 + 40)
+        assert storage.get("a").state is JobState.FAILED
+
+    def test_reaped_job_with_no_attempts_left_goes_to_dlq(self, storage):
+        add(storage, make("a", max_retries=1))
+        storage.claim("w1", T0, LEASE)
+        [reaped] = storage.reap_expired(T0 + LEASE + 1, lambda j: None)
+        assert reaped.state is JobState.DLQ and storage.get("a").state is JobState.DLQ
+
+    def test_renewal_keeps_a_live_claim(self, storage):
+        add(storage, make("a"))
+        job = storage.claim("w1", T0, LEASE)
+        assert storage.renew_lease(job, T0 + 20, LEASE)
+        assert storage.reap_expired(T0 + LEASE + 1, lambda j: T0) == []
+        assert storage.complete(job, OK, T0 + 45)
+
+    def test_stale_claim_cannot_overwrite_a_newer_attempt(self, storage):
+        add(storage, make("a"))
+        first = storage.claim("w1", T0, LEASE)
+        storage.reap_expired(T0 + LEASE + 1, lambda j: T0 + LEASE + 1)
+        second = storage.claim("w2", T0 + LEASE + 1, LEASE)
+        assert second.attempts == 2
+        assert not storage.complete(first, OK, T0 + 50)
+        assert storage.get("a").state is JobState.PROCESSING
+        assert storage.complete(second, OK, T0 + 51)
+        assert storage.get("a").worker_id == "w2"
+
+
+class TestWorkerRegistry:
+    def test_register_list_unregister(self, storage):
+        storage.register_worker("worker-1", 1, "host", 100.0, T0, "addr")
+        assert storage.list_workers() == [
+            {"worker_id": "worker-1", "pid": 1, "hostname": "host", "process_started_at": 100.0, "started_at": T0, "wake_address": "addr"}
+        ]
+        storage.unregister_worker("worker-1")
+        assert storage.list_workers() == []
+
+
+# --- SQLite specifics ----------------------------------------------------------
+
+
+def test_schema_is_versioned_and_reopening_is_idempotent(tmp_path):
+    home = Home(str(tmp_path))
+    open_storage(home).close()
+    open_storage(home).close()
+    conn = sqlite3.connect(home.db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == 0x5143544C
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path):
+    home = Home(str(tmp_path))
+    with open(home.db_path, "w") as handle:
+        handle.write("these are my notes, not a database\n" * 100)
+    with pytest.raises(StorageError, match="is not a queuectl database"):
+        open_storage(home)
+    assert open(home.db_path).read().startswith("these are my notes")
+
+
+def test_someone_elses_sqlite_database_is_refused(tmp_path):
+    home = Home(str(tmp_path))
+    conn = sqlite3.connect(home.db_path)
+    conn.execute("CREATE TABLE recipes (name TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="is not a queuectl database"):
+        open_storage(home)
+    tables = sqlite3.connect(home.db_path).execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    assert tables == [("recipes",)]
+
+
+def test_queuectl_db_env_selects_the_file(tmp_path, monkeypatch):
+    target = tmp_path / "elsewhere" / "q.db"
+    target.parent.mkdir()
+    monkeypatch.setenv("QUEUECTL_DB", f"sqlite:///{target}")
+    with open_storage(Home(str(tmp_path / "home"))) as store:
+        store.add_jobs([make("a")])
+    assert target.exists() and not (tmp_path / "home" / "queuectl.db").exists()
+
+
+def test_claim_query_walks_the_claim_index(tmp_path):
+    from queuectl.storage.sqlite import SQL_CLAIM_NEXT
+
+    home = Home(str(tmp_path))
+    open_storage(home).close()
+    conn = sqlite3.connect(home.db_path)
+    plan = conn.execute("EXPLAIN QUERY PLAN " + SQL_CLAIM_NEXT, {"worker": "w", "now": T0, "lease": T0}).fetchall()
+    details = " | ".join(row[-1] for row in plan)
+    assert "jobs_claim_order" in details, details
+    assert "TEMP B-TREE" not in details, details
+
+
+RACER = textwrap.dedent(
+    """
+    import sys, time
+    from queuectl.config import Home
+    from queuectl.storage import open_storage
+    store = open_storage(Home(sys.argv[1]), durable=False)
+    got = []
+    while True:
+        job = store.claim(sys.argv[2], time.time(), 60)
+        if job is None:
+            break
+        got.append(job.id)
+        store.complete(job, __import__("queuectl.jobs").jobs.AttemptResult(True, 0, None), time.time())
+    print("\\n".join(got))
+    """
+)
+
+
+def test_racing_processes_claim_each_job_exactly_once(tmp_path):
+    home = Home(str(tmp_path))
+    with open_storage(home) as store:
+        store.add_jobs([make(f"job-{i}", now=time.time()) for i in range(400)])
+    env = dict(os.environ)
+    env.pop("QUEUECTL_DB", None)
+    racers = [
+        subprocess.Popen([sys.executable, "-c", RACER, home.path, f"w{n}"], stdout=subprocess.PIPE, text=True, env=env)
+        for n in range(4)
+    ]
+    claimed = []
+    for racer in racers:
+        out, _ = racer.communicate(timeout=60)
+        assert racer.returncode == 0
+        claimed.extend(line for line in out.splitlines() if line)
+    assert sorted(claimed) == sorted(f"job-{i}" for i in range(400))
+    assert len(set(claimed)) == len(claimed)
