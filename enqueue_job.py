@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Enqueue the job(s) in a JSON file: ``python enqueue_job.py FILE`` (``-`` reads stdin).
+"""Enqueue the job(s) in a JSON file: python enqueue_job.py FILE  (- reads stdin)
 
 The file holds one job object, an array of them, or JSON lines. This is only a
-shorthand for ``python -m queuectl enqueue -f FILE``, kept because a file sidesteps
+shorthand for `python -m queuectl enqueue -f FILE`, kept because a file sidesteps
 the quoting of inline JSON in CMD and PowerShell. Output and exit status are the
-CLI's own; the queue home comes from ``QUEUECTL_HOME`` or the current directory.
+CLI's own; the queue home comes from QUEUECTL_HOME or the current directory.
 """
 
 import os

@@ -355,7 +355,7 @@ def config_get(app, key, as_json):
         click.echo(value)
 
 
-@config.command("set")
+@config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @pass_app

@@ -62,7 +62,7 @@ class Home:
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create queue home {self.path}: {exc.strerror}") from None
+            raise StorageError(f"cannot use queue home {self.path}: {exc.strerror}") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise StorageError(f"queue home {self.path} is not writable")
 
@@ -190,6 +190,9 @@ def _read_file(path):
             raw = json.load(handle)
     except FileNotFoundError:
         return {}
+    except NotADirectoryError:
+        home = os.path.dirname(path)
+        raise StorageError(f"cannot use queue home {home}: Not a directory") from None
     except (OSError, ValueError) as exc:
         raise StorageError(f"cannot read {path}: {exc}") from None
     if not isinstance(raw, dict):

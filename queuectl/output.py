@@ -35,7 +35,12 @@ def shorten(text, width):
     line = " ".join(str(text).split())
     if len(line) <= width:
         return line
-    return line[: width - 3].rstrip() + "..."
+    cut = line[: width - 3]
+    # Prefer to end on a word boundary when one is near, as in "echo Job 1 && ...".
+    space = cut.rfind(" ")
+    if space >= width * 2 // 3:
+        cut = cut[: space + 1]
+    return cut + "..."
 
 
 def format_local(timestamp):

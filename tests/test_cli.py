@@ -1,0 +1,321 @@
+"""CLI output shapes and bad input: exit codes, exact lines, stderr, nothing changed."""
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from queuectl.cli import cli
+from queuectl.config import Home
+from queuectl.jobs import AttemptResult
+from queuectl.storage import open_storage
+
+
+@pytest.fixture
+def run(home, monkeypatch):
+    monkeypatch.delenv("QUEUECTL_DB", raising=False)
+    monkeypatch.chdir(home.path)
+
+    def invoke(*args, input=None):
+        result = CliRunner().invoke(cli, ["--home", home.path, *args], input=input, catch_exceptions=False)
+        return result
+
+    return invoke
+
+
+def one_error_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def job_ids(home):
+    if not os.path.exists(home.db_path):
+        return []
+    with open_storage(home) as store:
+        return [job.id for job in store.list_jobs()]
+
+
+def mask_times(text):
+    return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "<time>", text)
+
+
+def to_dlq(home, job_id):
+    """Drive a job into the DLQ through storage, without waiting for a worker."""
+    import time
+
+    with open_storage(home) as store:
+        job = store.claim("worker-test", time.time() + 1, 30)
+        assert job.id == job_id
+        store.bury(job, AttemptResult(False, 1, "Exit code 1: boom"), time.time() + 1)
+
+
+class TestEnqueue:
+    def test_one_job(self, run, home):
+        result = run("enqueue", '{"id": "hello-world", "command": "echo Hello from QueueCTL"}')
+        assert result.exit_code == 0
+        assert result.stdout == "✓ Job hello-world enqueued successfully\n"
+        assert job_ids(home) == ["hello-world"]
+
+    def test_file_and_stdin(self, run, home, tmp_path):
+        path = tmp_path / "jobs.jsonl"
+        path.write_text('{"id": "a", "command": "true"}\n{"id": "b", "command": "true"}\n')
+        assert run("enqueue", "-f", str(path)).stdout.splitlines() == [
+            "✓ Job a enqueued successfully",
+            "✓ Job b enqueued successfully",
+        ]
+        assert run("enqueue", "-f", "-", input='[{"id": "c", "command": "true"}]').exit_code == 0
+        assert job_ids(home) == ["a", "b", "c"]
+
+    def test_big_batch_prints_a_summary(self, run, home):
+        jobs = [{"command": "true"} for _ in range(50)]
+        result = run("enqueue", json.dumps(jobs))
+        assert result.stdout == "✓ 50 jobs enqueued successfully\n"
+        assert len(job_ids(home)) == 50
+
+    def test_cwd_defaults_to_the_enqueuers_directory(self, run, home):
+        run("enqueue", '{"id": "a", "command": "pwd"}')
+        with open_storage(home) as store:
+            assert store.get("a").cwd == os.getcwd()
+
+    @pytest.mark.parametrize(
+        "payload, message",
+        [
+            ('{"id": "a", "command": ', "invalid JSON"),
+            ('{"id": "a"}', "field 'command' is required"),
+            ('{"id": "a", "command": "x", "max_retries": "3"}', "field 'max_retries' must be an integer"),
+            ('{"id": "a", "command": "x", "priority": 1.5}', "field 'priority' must be an integer"),
+            ('{"id": "a", "command": "x", "max_retries": -2}', "field 'max_retries' must be >= 0"),
+            ('{"id": "a", "command": "x", "timeout": -1}', "field 'timeout' must be a non-negative number"),
+            ('{"id": "a", "command": ""}', "field 'command' must not be empty"),
+            ('[{"id": "good", "command": "x"}, {"id": "bad", "command": 3}]', "job 2: field 'command' must be a string"),
+            ('"echo hi"', "a job must be a JSON object"),
+            ('{"id": "a", "command": "x", "run_at": "next tuesday"}', "is not an ISO-8601 time"),
+        ],
+    )
+    def test_bad_jobs_change_nothing(self, run, home, payload, message):
+        run("enqueue", '{"id": "existing", "command": "true"}')
+        result = run("enqueue", payload)
+        assert result.exit_code == 2
+        assert message in one_error_line(result)
+        assert result.stdout == ""
+        assert job_ids(home) == ["existing"]
+
+    def test_duplicate_id_is_a_queue_error(self, run, home):
+        run("enqueue", '{"id": "a", "command": "true"}')
+        result = run("enqueue", '[{"id": "b", "command": "true"}, {"id": "a", "command": "true"}]')
+        assert result.exit_code == 1
+        assert one_error_line(result) == "Error: job 'a' already exists"
+        assert job_ids(home) == ["a"]
+
+    def test_needs_exactly_one_source(self, run):
+        result = run("enqueue")
+        assert result.exit_code == 2
+        assert "give a job as JSON or a file with -f" in one_error_line(result)
+
+    def test_missing_file(self, run):
+        result = run("enqueue", "-f", "/nonexistent/jobs.json")
+        assert result.exit_code == 2
+        assert "No such file or directory" in one_error_line(result)
+
+    def test_home_that_cannot_be_created(self, tmp_path, monkeypatch):
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a directory")
+        monkeypatch.delenv("QUEUECTL_DB", raising=False)
+        result = CliRunner().invoke(cli, ["--home", str(blocker / "home"), "enqueue", '{"command": "true"}'])
+        assert result.exit_code == 1
+        assert "cannot use queue home" in one_error_line(result)
+
+    def test_file_that_is_not_a_queuectl_database(self, run, home):
+        with open(home.db_path, "w") as handle:
+            handle.write("just text\n" * 50)
+        result = run("enqueue", '{"command": "true"}')
+        assert result.exit_code == 1
+        assert one_error_line(result) == f"Error: {home.db_path} is not a queuectl database"
+        assert open(home.db_path).read() == "just text\n" * 50
+
+
+class TestReadCommands:
+    def test_status_block(self, run):
+        run("enqueue", '{"id": "a", "command": "true"}')
+        result = run("status")
+        assert result.exit_code == 0
+        assert result.stdout.splitlines() == [
+            "=== QueueCTL Status ===",
+            "",
+            "Jobs:",
+            "State         Count",
+            "----------  -------",
+            "Pending           1",
+            "Processing        0",
+            "Completed         0",
+            "Failed            0",
+            "Dead (DLQ)        0",
+            "",
+            "Workers: 0 active",
+        ]
+
+    def test_status_json(self, run):
+        run("enqueue", '{"id": "a", "command": "true"}')
+        data = json.loads(run("status", "--json").stdout)
+        assert data["jobs"] == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "dlq": 0}
+        assert data["workers"] == {"count": 0, "pids": [], "ids": []}
+
+    def test_list_table(self, run):
+        run("enqueue", '{"id": "hello-world", "command": "echo Hello from QueueCTL"}')
+        run("enqueue", '{"id": "long", "command": "echo Starting Job 1 && sleep 3 && echo Done Job 1 and then some more"}')
+        lines = mask_times(run("list").stdout).splitlines()
+        assert lines[0].split() == ["id", "state", "attempts", "worker_id", "command", "created_at"]
+        assert lines[2].split() == ["hello-world", "pending", "0", "echo", "Hello", "from", "QueueCTL", "<time>"]
+        assert "echo Starting Job 1 && sleep 3 && ..." in lines[3]
+
+    def test_list_filters_and_json(self, run, home):
+        run("enqueue", '[{"id": "a", "command": "true"}, {"id": "b", "command": "true"}, {"id": "c", "command": "true"}]')
+        to_dlq(home, "a")
+        assert [j["id"] for j in json.loads(run("list", "--state", "pending", "--json").stdout)] == ["b", "c"]
+        assert [j["id"] for j in json.loads(run("list", "--state", "dead", "--json").stdout)] == ["a"]
+        assert [j["id"] for j in json.loads(run("list", "--limit", "1", "--json").stdout)] == ["a"]
+        job = json.loads(run("list", "--json").stdout)[1]
+        assert job["state"] == "pending" and job["attempts"] == 0
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$", job["created_at"])
+
+    def test_unknown_state(self, run):
+        result = run("list", "--state", "finished")
+        assert result.exit_code == 2
+        assert "unknown state 'finished'" in one_error_line(result)
+
+    def test_empty_list(self, run):
+        assert run("list").stdout == "No jobs found\n"
+        assert json.loads(run("list", "--json").stdout) == []
+
+
+class TestDlq:
+    def test_list_and_retry(self, run, home):
+        run("enqueue", '{"id": "will-fail", "command": "exit 1"}')
+        to_dlq(home, "will-fail")
+        lines = mask_times(run("dlq", "list").stdout).splitlines()
+        assert lines[0].split() == ["id", "state", "attempts", "error_message", "created_at"]
+        assert lines[2].split() == ["will-fail", "dlq", "1", "Exit", "code", "1:", "boom", "<time>"]
+        assert json.loads(run("dlq", "list", "--json").stdout)[0]["error_message"] == "Exit code 1: boom"
+        result = run("dlq", "retry", "will-fail")
+        assert result.stdout == "Job will-fail moved from DLQ back to pending queue\n"
+        with open_storage(home) as store:
+            job = store.get("will-fail")
+        assert (job.state.value, job.attempts) == ("pending", 0)
+        assert run("dlq", "list").stdout == "DLQ is empty\n"
+
+    def test_retry_unknown_and_not_in_dlq(self, run, home):
+        result = run("dlq", "retry", "ghost")
+        assert result.exit_code == 1
+        assert one_error_line(result) == "Error: job 'ghost' not found"
+        run("enqueue", '{"id": "a", "command": "true"}')
+        result = run("dlq", "retry", "a")
+        assert result.exit_code == 1
+        assert one_error_line(result) == "Error: job 'a' is not in the DLQ (state: pending)"
+
+
+class TestConfig:
+    def test_set_get_list(self, run, home):
+        assert run("config", "set", "max_retries", "5").stdout == "Configuration updated: max_retries = 5\n"
+        assert run("config", "set", "backoff-base", "1.5").stdout == "Configuration updated: backoff_base = 1.5\n"
+        assert run("config", "get", "max-retries").stdout == "5\n"
+        assert run("config", "get", "backoff_base").stdout == "1.5\n"
+        assert run("config", "get", "job_timeout").stdout == "0\n"
+        assert json.loads(run("config", "list", "--json").stdout)["max_retries"] == 5
+        assert "backoff_max_delay" in run("config", "list").stdout
+        with open(home.config_path) as handle:
+            assert json.load(handle) == {"backoff_base": 1.5, "max_retries": 5}
+
+    def test_enqueue_uses_configured_max_retries(self, run, home):
+        run("config", "set", "max_retries", "7")
+        run("enqueue", '{"id": "a", "command": "true"}')
+        with open_storage(home) as store:
+            assert store.get("a").max_retries == 7
+
+    @pytest.mark.parametrize(
+        "key, value, message",
+        [
+            ("colour", "red", "unknown config key 'colour'"),
+            ("max_retries", "-1", "invalid value '-1' for max_retries: must be an integer >= 0"),
+            ("max_retries", "three", "invalid value 'three' for max_retries"),
+            ("backoff_base", "0.5", "invalid value '0.5' for backoff_base: must be a number >= 1"),
+            ("backoff_base", "nan", "invalid value 'nan' for backoff_base"),
+            ("job_timeout", "-5", "invalid value '-5' for job_timeout"),
+            ("lease_seconds", "0", "invalid value '0' for lease_seconds: must be a number > 0"),
+        ],
+    )
+    def test_bad_keys_and_values_change_nothing(self, run, home, key, value, message):
+        run("config", "set", "max_retries", "4")
+        before = open(home.config_path).read()
+        result = run("config", "set", key, value)
+        assert result.exit_code == 2
+        assert message in one_error_line(result)
+        assert open(home.config_path).read() == before
+
+    def test_get_unknown_key(self, run):
+        result = run("config", "get", "nope")
+        assert result.exit_code == 2
+        assert "unknown config key 'nope'" in one_error_line(result)
+
+    def test_concurrent_sets_lose_nothing(self, home):
+        env = dict(os.environ, QUEUECTL_HOME=home.path)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "queuectl", "config", "set", key, value],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            for key, value in [("max_retries", "9"), ("backoff_base", "3"), ("backoff_max_delay", "77"), ("job_timeout", "12"), ("lease_seconds", "5"), ("poll_interval", "0.2")]
+        ]
+        for proc in procs:
+            assert proc.wait(30) == 0
+        with open(home.config_path) as handle:
+            assert json.load(handle) == {
+                "max_retries": 9, "backoff_base": 3, "backoff_max_delay": 77,
+                "job_timeout": 12, "lease_seconds": 5, "poll_interval": 0.2,
+            }
+
+
+class TestWorkerCommandsWithoutWorkers:
+    def test_stop_with_nothing_running(self, run):
+        result = run("worker", "stop")
+        assert result.exit_code == 0
+        assert result.stdout == "No workers running\n"
+
+    def test_stop_with_only_stale_entries(self, run, home):
+        # A PID that certainly is no queuectl worker: this test process.
+        with open(home.pidfile_path, "w") as handle:
+            json.dump({"workers": [{"pid": os.getpid(), "create_time": 1.0}]}, handle)
+        result = run("worker", "stop")
+        assert result.exit_code == 0
+        assert result.stdout == "No workers running\n"
+        assert f"Removed stale entry for PID {os.getpid()}" in result.stderr
+        with open(home.pidfile_path) as handle:
+            assert json.load(handle) == {"workers": []}
+
+
+def test_python_dash_m_and_help_work():
+    proc = subprocess.run([sys.executable, "-m", "queuectl", "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+    for command in ("enqueue", "worker", "status", "list", "dlq", "config"):
+        assert re.search(rf"^\s+{command}\s", proc.stdout, re.M), command
+
+
+def test_unknown_command_is_one_line(run):
+    result = run("frobnicate")
+    assert result.exit_code == 2
+    assert "No such command 'frobnicate'" in one_error_line(result)
+
+
+def test_database_stays_consistent_after_refused_batches(run, home):
+    run("enqueue", '{"id": "a", "command": "true"}')
+    run("enqueue", '[{"id": "b", "command": "true"}, {"id": "a", "command": "true"}]')
+    conn = sqlite3.connect(home.db_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
