@@ -124,8 +124,9 @@ def describe_counts(status):
 class Queue:
     """One queue home, driven through the CLI, plus the workers started in it."""
 
-    def __init__(self, home, narrator):
+    def __init__(self, home, narrator, tools_dir):
         self.home = Path(home)
+        self.tools_dir = tools_dir
         self.home.mkdir(parents=True, exist_ok=True)
         self.narrator = narrator
         self.foreground_workers = []
@@ -137,9 +138,9 @@ class Queue:
         # neither the user's queue nor the user's cwd can be touched.
         env["QUEUECTL_HOME"] = str(self.home)
         env.pop("QUEUECTL_DB", None)
-        # Jobs say `python`; where only `python3` exists, this interpreter's
-        # directory first on PATH makes `python` resolve, as an activated venv would.
-        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        # Jobs say `python`, which a system with only `python3` lacks: put this
+        # interpreter first on PATH under that name, as an activated venv would.
+        env["PATH"] = os.pathsep.join([str(self.tools_dir), os.path.dirname(sys.executable), env.get("PATH", "")])
         if (REPO_DIR / "queuectl").is_dir():
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH")) if p)
         env["PYTHONIOENCODING"] = "utf-8"
@@ -585,6 +586,19 @@ SCENARIOS = [
 # ------------------------------------------------------------------------ running
 
 
+def make_python_shim(directory):
+    """A ``python`` in ``directory`` that runs this interpreter.
+
+    A wrapper script rather than a symlink: a venv's interpreter finds its
+    pyvenv.cfg through the path it was started by, which a symlink would change.
+    """
+    directory.mkdir()
+    shim = directory / "python"
+    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n", encoding="utf-8")
+    shim.chmod(0o755)
+    return directory
+
+
 @contextmanager
 def scratch_root(keep=False):
     """A temporary directory for the scenario homes, removed afterwards unless kept."""
@@ -606,9 +620,10 @@ def run_scenarios(narrator, on_result, keep=False):
     """
     results = []
     with scratch_root(keep) as root:
+        tools_dir = make_python_shim(root / "bin")
         for number, (name, scenario) in enumerate(SCENARIOS, start=1):
             narrator.banner(f"Scenario {number}: {name}")
-            queue = Queue(root / f"scenario-{number}", narrator)
+            queue = Queue(root / f"scenario-{number}", narrator, tools_dir)
             narrator.note(f"queue home: {queue.home}")
             summary = error = None
             try:

@@ -26,6 +26,7 @@ def cli_environment():
 def main(argv):
     if len(argv) == 1 and argv[0] in ("-h", "--help"):
         print(USAGE)
+        print()
         print(__doc__.split("\n\n", 1)[1].rstrip())
         return 0
     if len(argv) != 1:

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from queuectl.config import Home
+from queuectl.storage import open_storage
 
 # Every test gets at most this long overall (see pytest_runtest_call below).
 TEST_TIMEOUT_SECONDS = 120
@@ -28,6 +29,12 @@ def wait_for(condition, timeout=10.0, interval=0.05, what=None):
             name = what or getattr(condition, "__name__", "condition")
             pytest.fail(f"timed out after {timeout}s waiting for: {name}")
         time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_database(monkeypatch):
+    # A QUEUECTL_DB from the developer's shell must never leak into a test.
+    monkeypatch.delenv("QUEUECTL_DB", raising=False)
 
 
 @pytest.fixture
@@ -75,14 +82,18 @@ class Queue:
     def enqueue(self, **spec):
         return self.run("enqueue", json.dumps(spec))
 
+    # Polling helpers read the database in-process (the CLI's own output is
+    # tested in test_cli.py); a subprocess per poll would make waits coarse.
     def jobs(self):
-        return {job["id"]: job for job in json.loads(self.run("list", "--json").stdout)}
+        with open_storage(self.home) as store:
+            return {job.id: job.to_dict() for job in store.list_jobs()}
 
     def job(self, job_id):
         return self.jobs()[job_id]
 
     def counts(self):
-        return json.loads(self.run("status", "--json").stdout)["jobs"]
+        with open_storage(self.home) as store:
+            return {state.value: count for state, count in store.count_by_state().items()}
 
     def set_config(self, **values):
         for key, value in values.items():
