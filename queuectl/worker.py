@@ -12,7 +12,9 @@ One iteration, in order:
    job's tree is stopped and its result discarded.
 6. Record the outcome, fenced by the claim: completed; failed with the time
    of its next attempt (``backoff_base ** attempts`` seconds, capped); or
-   buried in the DLQ once its attempts are used up.
+   buried in the DLQ once its attempts are used up. Unless a stop was
+   requested, steps 2-3 for the next job happen in the same transaction, so
+   a busy worker commits once per job.
 
 Signals only set flags and wake the loop; a first SIGINT/SIGTERM lets the
 current job finish, a second stops it (whole tree) and records that attempt
@@ -68,13 +70,20 @@ class Worker:
         self._register()
         logger.info("Worker %s started (pid %s)", self.worker_id, os.getpid())
         try:
+            job = None
             while not self.stop_requested:
                 try:
-                    if not self.run_once():
-                        if self.burst:
-                            break
+                    if job is None:
+                        job = self._claim()
+                    if job is not None:
+                        job = self._process(job)
+                    elif self.burst:
+                        break
+                    else:
                         self._idle()
                 except Exception:
+                    # The job we held (if any) is recovered by its lease.
+                    job = None
                     logger.exception("Worker %s hit an unexpected error; continuing", self.worker_id)
                     self._sleep(ERROR_PAUSE_SECONDS)
             if self.stop_requested:
@@ -85,22 +94,20 @@ class Worker:
             self._restore_signal_handlers()
         logger.info("Worker %s stopped", self.worker_id)
 
-    def run_once(self):
-        """Reap, claim and run one job. False when no job was due."""
+    def _claim(self):
+        """Reap lost claims (at most once a second), then claim the next due job."""
         settings = self.config.current()
         now = self.clock()
         if now - self._last_reap >= REAP_INTERVAL_SECONDS:
             self._last_reap = now
             self._reap(settings, now)
-        job = self.storage.claim(self.worker_id, now, settings["lease_seconds"])
-        if job is None:
-            return False
-        self._process(job, settings)
-        return True
+        return self.storage.claim(self.worker_id, now, settings["lease_seconds"])
 
     # --- one job -----------------------------------------------------------
 
-    def _process(self, job, settings):
+    def _process(self, job):
+        """Run a claimed job and record its outcome; returns the next claimed job, if any."""
+        settings = self.config.current()
         limit = job.attempt_limit
         logger.info(
             "Worker %s processing job %s (attempt %d/%d): %s",
@@ -135,7 +142,10 @@ class Worker:
             tick_interval=max(0.05, lease / 3),
             wake_fds=[self._signal_r] if self._signal_r is not None else [],
         )
-        self._record(job, run, settings)
+        # Recording this outcome and claiming the next job share one commit.
+        with self.storage.batch():
+            self._record(job, run, self.config.current())
+            return None if self.stop_requested else self._claim()
 
     def _record(self, job, run, settings):
         now = self.clock()

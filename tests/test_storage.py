@@ -187,6 +187,28 @@ class TestLeasesAndFencing:
         assert storage.get("a").worker_id == "w2"
 
 
+class TestBatch:
+    def test_record_and_claim_commit_together(self, storage):
+        add(storage, make("a"), make("b"))
+        first = storage.claim("w", T0, LEASE)
+        with storage.batch():
+            assert storage.complete(first, OK, T0 + 1)
+            second = storage.claim("w", T0 + 1, LEASE)
+        assert (storage.get("a").state, second.id, storage.get("b").state) == (JobState.COMPLETED, "b", JobState.PROCESSING)
+
+    def test_a_failure_inside_a_batch_undoes_all_of_it(self, storage):
+        add(storage, make("a"), make("b"))
+        first = storage.claim("w", T0, LEASE)
+        with pytest.raises(RuntimeError):
+            with storage.batch():
+                storage.complete(first, OK, T0 + 1)
+                storage.claim("w", T0 + 1, LEASE)
+                raise RuntimeError("crash between the verbs")
+        assert storage.get("a").state is JobState.PROCESSING
+        assert storage.get("b").state is JobState.PENDING
+        assert [a.finished_at for a in storage.attempts("a")] == [None]
+
+
 class TestWorkerRegistry:
     def test_register_list_unregister(self, storage):
         storage.register_worker("worker-1", 1, "host", 100.0, T0, "addr")

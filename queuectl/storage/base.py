@@ -110,6 +110,16 @@ class Storage(abc.ABC):
     def list_workers(self) -> List[dict]:
         """Registered workers: dicts with worker_id, pid, hostname, process_started_at, started_at, wake_address."""
 
+    # --- grouping ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def batch(self):
+        """A context manager: the verbs called inside commit together or not at all.
+
+        The worker records a finished attempt and claims its next job in one
+        batch, halving the commits per job.
+        """
+
     # --- lifecycle ---------------------------------------------------------
 
     @abc.abstractmethod

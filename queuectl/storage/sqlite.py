@@ -202,6 +202,7 @@ class SqliteStorage(Storage):
 
     def __init__(self, path, *, durable=True):
         self.path = path
+        self._depth = 0
         self._conn = self._connect(durable)
         self._migrate()
 
@@ -262,14 +263,33 @@ class SqliteStorage(Storage):
 
     @contextlib.contextmanager
     def transaction(self):
-        """One atomic unit of work, holding the write lock from its start."""
+        """One atomic unit of work, holding the write lock from its start.
+
+        Nested use joins the outer transaction, which is how ``batch()`` lets
+        several verbs share one commit.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self._conn
+            finally:
+                self._depth -= 1
+            return
         self._conn.execute(self.begin_statement)
+        self._depth = 1
         try:
             yield self._conn
         except BaseException:
+            self._depth = 0
             self._conn.execute("ROLLBACK")
             raise
+        self._depth = 0
         self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def batch(self):
+        with self._errors(), self.transaction():
+            yield
 
     @contextlib.contextmanager
     def _errors(self):
