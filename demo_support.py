@@ -199,9 +199,6 @@ class Queue:
     def status(self):
         return self.cli_json("status")
 
-    def counts(self):
-        return self.status()["jobs"]
-
     def jobs(self):
         """Every job of this home, by id."""
         return {job["id"]: job for job in self.cli_json("list")}
@@ -259,7 +256,7 @@ class Queue:
     def clean_up(self):
         """Stop every worker of this home, gracefully or not; never raises."""
         for worker in self.foreground_workers:
-            worker.kill()
+            worker.ensure_stopped()
         try:
             # No waiting for jobs here: cleanup follows a failure or Ctrl+C.
             self.cli("worker", "stop", "--timeout", "0", "--force", expect_rc=None, show=False)
@@ -306,7 +303,8 @@ class ForegroundWorker:
         self.queue.narrator.note(f"worker exited with status {returncode}")
         expect(returncode == 0, f"`worker run` exited {returncode} after Ctrl+C (expected 0)")
 
-    def kill(self):
+    def ensure_stopped(self):
+        """Ctrl+C if still running; kill it if that has not ended it within 5 s."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
