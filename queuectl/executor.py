@@ -8,6 +8,14 @@ to files, never to pipes held in our memory: a job that prints gigabytes
 costs disk, not worker RAM, and a background grandchild that keeps the
 output open can't keep us waiting, because we wait for the shell process
 itself, not for end-of-file.
+
+Each stream is written to a worker-owned *spool* file. After the run, a
+spool that received output is renamed to the attempt's log file and a fresh
+spool takes its place; an empty one is simply reused. Most jobs of a busy
+queue print nothing, and creating two files per job was the largest cost
+of running one (file creation waits on the file system journal). A
+grandchild still writing after the shell exited keeps writing to the renamed
+file, so its output stays with its own attempt.
 """
 
 import os
@@ -71,11 +79,60 @@ def shell_argv(command):
     return ["/bin/sh", "-c", command]
 
 
+class Spool:
+    """A reusable output file for one stream of one worker."""
+
+    def __init__(self, path):
+        self.path = path
+        self._fd = None
+        self._open()
+
+    def _open(self):
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+
+    def fileno(self):
+        return self._fd
+
+    def prepare(self):
+        """Make sure the next run starts on an empty file."""
+        if os.fstat(self._fd).st_size:
+            # Late output of an earlier job's background process: set it aside
+            # rather than mix it into the next job's log.
+            self._rotate(self.path + ".late")
+
+    def collect(self, destination, limit=OUTPUT_TAIL_BYTES):
+        """Move what the run wrote to ``destination``; return its last ``limit`` bytes as text."""
+        size = os.fstat(self._fd).st_size
+        if not size:
+            return ""
+        start = max(0, size - limit)
+        tail = os.pread(self._fd, size - start, start)
+        self._rotate(destination)
+        return tail.decode("utf-8", errors="replace")
+
+    def _rotate(self, destination):
+        os.replace(self.path, destination)
+        os.close(self._fd)
+        self._open()
+
+    def close(self, remove=True):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            if remove:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+
+
 def run_command(
     command,
     *,
-    stdout_path,
-    stderr_path,
+    stdout: Spool,
+    stderr: Spool,
+    stdout_dest,
+    stderr_dest,
     cwd=None,
     env=None,
     timeout=None,
@@ -90,17 +147,18 @@ def run_command(
     if env:
         full_env = dict(os.environ)
         full_env.update(env)
+    stdout.prepare()
+    stderr.prepare()
     try:
-        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            proc = subprocess.Popen(
-                shell_argv(command),
-                cwd=cwd,
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=not IS_WINDOWS,
-            )
+        proc = subprocess.Popen(
+            shell_argv(command),
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout.fileno(),
+            stderr=stderr.fileno(),
+            start_new_session=not IS_WINDOWS,
+        )
     except OSError as exc:
         detail = exc.strerror or str(exc)
         if exc.filename:
@@ -145,8 +203,8 @@ def run_command(
     else:
         result.exit_code = code
     result.duration = clock() - started
-    result.stdout_tail = read_tail(stdout_path)
-    result.stderr_tail = read_tail(stderr_path)
+    result.stdout_tail = stdout.collect(stdout_dest)
+    result.stderr_tail = stderr.collect(stderr_dest)
     return result
 
 
@@ -221,16 +279,3 @@ def _signal_group(pgid, signum):
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def read_tail(path, limit=OUTPUT_TAIL_BYTES):
-    """The last ``limit`` bytes of a file as text; undecodable bytes become U+FFFD."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            data = handle.read(limit)
-    except OSError:
-        return ""
-    return data.decode("utf-8", errors="replace")

@@ -58,6 +58,7 @@ class Worker:
         self._stop_announced = False
         self._last_reap = 0.0
         self._wake = None
+        self._spools = ()
         self._signal_r = self._signal_w = None
 
     # --- lifecycle ---------------------------------------------------------
@@ -65,6 +66,8 @@ class Worker:
     def run(self):
         """Work until stopped (or, in burst mode, until nothing is due)."""
         os.makedirs(self.home.logs_dir, exist_ok=True)
+        spool = os.path.join(self.home.logs_dir, f".{self.worker_id}")
+        self._spools = (executor.Spool(spool + ".out"), executor.Spool(spool + ".err"))
         self._install_signal_handlers()
         self._wake = wakeup.WakeSocket()
         self._register()
@@ -91,6 +94,8 @@ class Worker:
         finally:
             self._unregister()
             self._wake.close()
+            for spool in self._spools:
+                spool.close()
             self._restore_signal_handlers()
         logger.info("Worker %s stopped", self.worker_id)
 
@@ -133,8 +138,10 @@ class Worker:
 
         run = executor.run_command(
             job.command,
-            stdout_path=base + ".out",
-            stderr_path=base + ".err",
+            stdout=self._spools[0],
+            stderr=self._spools[1],
+            stdout_dest=base + ".out",
+            stderr_dest=base + ".err",
             cwd=job.cwd,
             env=job.env,
             timeout=timeout or None,

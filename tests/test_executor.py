@@ -1,0 +1,103 @@
+"""Running one command: outcomes, output spools, the process tree."""
+
+import os
+
+import psutil
+import pytest
+
+from conftest import wait_for
+
+from queuectl.executor import Spool, run_command
+
+
+def is_running(pid):
+    """Alive and not a zombie waiting for init to reap it."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def spools(tmp_path):
+    out, err = Spool(str(tmp_path / ".w.out")), Spool(str(tmp_path / ".w.err"))
+    yield out, err
+    out.close()
+    err.close()
+
+
+def run(spools, tmp_path, command, attempt=1, **kwargs):
+    out, err = spools
+    return run_command(
+        command,
+        stdout=out,
+        stderr=err,
+        stdout_dest=str(tmp_path / f"{attempt}.out"),
+        stderr_dest=str(tmp_path / f"{attempt}.err"),
+        **kwargs,
+    )
+
+
+def test_silent_job_leaves_no_log_files(spools, tmp_path):
+    result = run(spools, tmp_path, "true")
+    assert result.succeeded and result.exit_code == 0 and result.error_message is None
+    assert not (tmp_path / "1.out").exists() and not (tmp_path / "1.err").exists()
+
+
+def test_output_moves_to_the_attempt_files(spools, tmp_path):
+    first = run(spools, tmp_path, "echo one; echo uh-oh >&2; exit 4", attempt=1)
+    second = run(spools, tmp_path, "echo two", attempt=2)
+    assert (first.stdout_tail, first.stderr_tail, first.error_message) == ("one\n", "uh-oh\n", "Exit code 4: uh-oh")
+    assert second.stdout_tail == "two\n"
+    assert (tmp_path / "1.out").read_text() == "one\n"
+    assert (tmp_path / "1.err").read_text() == "uh-oh\n"
+    assert (tmp_path / "2.out").read_text() == "two\n"
+    assert not (tmp_path / "2.err").exists()
+
+
+def test_tail_is_bounded_and_undecodable_bytes_are_replaced(spools, tmp_path):
+    result = run(spools, tmp_path, "head -c 100000 /dev/zero | tr '\\0' 'a'; printf '\\377\\376end'")
+    assert len(result.stdout_tail.encode("utf-8")) <= 4096 + 16
+    assert result.stdout_tail.endswith("\ufffd\ufffdend")
+    assert os.path.getsize(tmp_path / "1.out") == 100005
+
+
+def test_late_output_of_a_background_process_stays_out_of_the_next_log(spools, tmp_path):
+    run(spools, tmp_path, "(sleep 0.3; echo late) &", attempt=1)
+    import time
+
+    deadline = time.monotonic() + 5
+    while os.path.getsize(spools[0].path) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.getsize(spools[0].path) > 0, "background output never arrived"
+    result = run(spools, tmp_path, "echo next", attempt=2)
+    assert result.stdout_tail == "next\n"
+    assert open(spools[0].path + ".late").read() == "late\n"
+
+
+def test_signal_and_start_failure_are_distinct_outcomes(spools, tmp_path):
+    killed = run(spools, tmp_path, "kill -9 $$")
+    assert (killed.signal, killed.exit_code, killed.error_message) == (9, None, "Killed by signal 9")
+    missing = run(spools, tmp_path, "true", cwd=str(tmp_path / "absent"))
+    assert missing.error_message.startswith("Failed to start: No such file or directory")
+
+
+def test_timeout_kills_the_whole_tree(spools, tmp_path):
+    pidfile = tmp_path / "pids"
+    result = run(spools, tmp_path, f"sleep 30 & echo $! > {pidfile}; sleep 30; wait", timeout=0.5)
+    assert result.timed_out_after == 0.5 and result.error_message == "Timed out after 0.5s"
+    background = int(pidfile.read_text())
+    # SIGKILL is immediate; reaping the orphan is init's job, so allow it a moment.
+    wait_for(lambda: not is_running(background), timeout=5, what="background sleep gone")
+
+
+def test_tick_can_stop_the_job(spools, tmp_path):
+    calls = []
+
+    def tick():
+        calls.append(1)
+        return "cancelled by test" if len(calls) >= 2 else None
+
+    result = run(spools, tmp_path, "sleep 30", tick=tick, tick_interval=0.05)
+    assert result.stopped_because == "cancelled by test"
+    assert result.error_message == "Stopped: cancelled by test"
