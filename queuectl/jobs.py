@@ -31,13 +31,13 @@ class JobState(str, enum.Enum):
     COMPLETED = "completed"  # the command exited 0
     FAILED = "failed"  # an attempt failed; claimable again at next_run_at
     DLQ = "dlq"  # attempts exhausted: parked in the dead letter queue
+    CANCELLED = "cancelled"  # stopped by an operator; never claimed again unless retried
 
     @classmethod
     def parse(cls, text):
         """Turn user text into a state; ``dead`` is an alias of ``dlq``."""
         name = str(text).strip().lower()
-        if name == "dead":
-            return cls.DLQ
+        name = _STATE_ALIASES.get(name, name)
         for state in cls:
             if state.value == name:
                 return state
@@ -45,8 +45,37 @@ class JobState(str, enum.Enum):
         raise ValidationError(f"unknown state {text!r} (choose from {choices}, dead)")
 
 
+# Other spellings users type for a state.
+_STATE_ALIASES = {"dead": "dlq", "canceled": "cancelled"}
+
 # States a worker may claim from, once their next_run_at has come.
 CLAIMABLE_STATES = (JobState.PENDING, JobState.FAILED)
+# States a job never leaves by itself: only an operator's retry or purge moves it.
+FINISHED_STATES = (JobState.COMPLETED, JobState.DLQ, JobState.CANCELLED)
+# States `retry` accepts: the job gets a fresh attempt budget and runs now.
+RETRYABLE_STATES = (JobState.FAILED, JobState.CANCELLED, JobState.DLQ)
+# States `cancel` accepts.
+CANCELLABLE_STATES = (JobState.PENDING, JobState.FAILED, JobState.PROCESSING)
+
+# Orders `list --sort` offers, each in its natural direction (`--reverse` flips it).
+LIST_SORTS = {
+    "created": "oldest first (the default)",
+    "priority": "claim order: highest priority first, then oldest",
+    "next_run": "soonest next run first",
+    "updated": "most recently changed first",
+    "id": "by id, alphabetically",
+}
+
+
+def check_purgeable(states):
+    """Only finished jobs may be purged: a purge must never drop queued work."""
+    if not states:
+        raise ValidationError("give --state (completed, dlq or cancelled) to say which jobs to purge")
+    for state in states:
+        if state not in FINISHED_STATES:
+            allowed = ", ".join(s.value for s in FINISHED_STATES)
+            raise ValidationError(f"cannot purge {state.value} jobs: only finished jobs ({allowed}) can be purged")
+    return list(dict.fromkeys(states))
 
 
 @dataclass
@@ -120,10 +149,23 @@ class Attempt:
     stdout_tail: str = ""
     stderr_tail: str = ""
 
+    @property
+    def duration(self):
+        """Seconds the attempt ran, or None while it is still running."""
+        if self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - self.started_at)
+
+    @property
+    def succeeded(self):
+        # A successful attempt is the only finished one without an error.
+        return self.finished_at is not None and self.error_message is None
+
     def to_dict(self):
         data = asdict(self)
         data["started_at"] = format_iso(self.started_at)
         data["finished_at"] = format_iso(self.finished_at)
+        data["duration_seconds"] = self.duration
         return data
 
 
@@ -136,6 +178,57 @@ class AttemptResult:
     error_message: Optional[str]
     stdout_tail: str = ""
     stderr_tail: str = ""
+
+
+@dataclass
+class WorkerTally:
+    """What one worker has done, counted from the attempts it ran."""
+
+    worker_id: str
+    attempts: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    running: int = 0
+
+
+@dataclass
+class QueueStats:
+    """A snapshot of the queue's health, as ``stats`` shows it.
+
+    Run times are of finished attempts (whatever their outcome). Throughput
+    counts successful attempts, i.e. jobs completed, in each window.
+    """
+
+    counts: Dict[JobState, int]
+    scheduled: int  # pending or failed jobs whose next run is still in the future
+    attempts_total: int
+    jobs_attempted: int  # jobs with at least one recorded attempt
+    max_attempts_per_job: int
+    run_time_p50: Optional[float]
+    run_time_p95: Optional[float]
+    run_time_max: Optional[float]
+    finished_attempts: int
+    completed_last_minute: int
+    completed_last_hour: int
+    oldest_waiting_id: Optional[str]
+    oldest_waiting_age: Optional[float]  # seconds a due job has waited to be claimed
+    workers: List[WorkerTally] = field(default_factory=list)
+
+    @property
+    def success_rate(self):
+        """Completed jobs as a share of jobs that finished running (completed or dead)."""
+        done = self.counts[JobState.COMPLETED] + self.counts[JobState.DLQ]
+        return None if done == 0 else self.counts[JobState.COMPLETED] / done
+
+    @property
+    def attempts_per_job(self):
+        return None if self.jobs_attempted == 0 else self.attempts_total / self.jobs_attempted
+
+
+def percentile_rank(count, fraction):
+    """The 0-based position of the ``fraction`` percentile among ``count``
+    sorted values (nearest-rank method: p50 of 1..10 is 5, p95 is 10)."""
+    return max(0, math.ceil(fraction * count) - 1)
 
 
 # --- job specs -------------------------------------------------------------

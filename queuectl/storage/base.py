@@ -12,9 +12,19 @@ that lost its lease can never overwrite a newer attempt.
 """
 
 import abc
-from typing import Callable, Dict, Iterable, List, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
-from queuectl.jobs import Attempt, AttemptResult, Job, JobState
+from queuectl.jobs import Attempt, AttemptResult, Job, JobState, QueueStats
+
+
+@dataclass
+class PurgeResult:
+    """What ``purge`` deleted: how many jobs, and the ids of their attempts
+    (whose log files the caller removes from the queue home)."""
+
+    jobs: int = 0
+    attempt_ids: List[int] = field(default_factory=list)
 
 
 class Storage(abc.ABC):
@@ -39,12 +49,29 @@ class Storage(abc.ABC):
         priority first, then older ``created_at``, then insertion order. The
         job comes back in state processing with ``attempts`` already counting
         this run and a lease until ``now + lease_seconds``. Exactly one
-        claimant wins each attempt.
+        claimant wins each attempt. Nothing is claimed while the queue is
+        paused.
         """
 
     @abc.abstractmethod
     def renew_lease(self, job: Job, now: float, lease_seconds: float) -> bool:
         """Extend the claim on ``job``; False if the claim is no longer ours."""
+
+    @abc.abstractmethod
+    def holds_claim(self, job: Job) -> bool:
+        """Whether the claim on ``job`` is still current; a read, never a write.
+
+        Workers ask this often while a job runs, so a cancelled job is stopped
+        within moments rather than at the next lease renewal.
+        """
+
+    @abc.abstractmethod
+    def keep_output(self, job: Job, result: AttemptResult) -> None:
+        """Store the output tails of an attempt whose claim was taken away.
+
+        The attempt was already closed by whoever took the claim (a cancel or
+        the reaper); this only adds what the run printed, for ``show``.
+        """
 
     @abc.abstractmethod
     def complete(self, job: Job, result: AttemptResult, now: float) -> bool:
@@ -69,28 +96,86 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def next_due_at(self) -> Optional[float]:
-        """The earliest ``next_run_at`` of any claimable job, or None."""
+        """The earliest ``next_run_at`` of any claimable job, or None.
+
+        None as well while the queue is paused: nothing will become due.
+        """
 
     # --- operators ---------------------------------------------------------
 
     @abc.abstractmethod
-    def revive(self, job_id: str, now: float) -> Job:
-        """Move a job from the DLQ back to pending with its attempts reset.
+    def revive(self, job_id: str, now: float, states: Sequence[JobState] = (JobState.DLQ,)) -> Job:
+        """Move a job in one of ``states`` back to pending, due now, attempts reset.
 
-        Raises ``JobNotFoundError`` or ``InvalidTransitionError``.
+        Raises ``JobNotFoundError``, or ``InvalidTransitionError`` when the
+        job is in another state.
         """
+
+    @abc.abstractmethod
+    def revive_all(self, now: float, states: Sequence[JobState] = (JobState.DLQ,)) -> int:
+        """``revive`` every job in ``states`` at once; returns how many moved."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str, now: float) -> Job:
+        """Cancel a pending, failed or running job; it is not run or retried again.
+
+        A running job's claim ends here (its attempt is closed as cancelled),
+        so its worker's next claim check fails and the worker stops the
+        job's process tree. Returns the job as it was just before, so callers
+        can tell whether a worker was running it. Raises ``JobNotFoundError``,
+        or ``InvalidTransitionError`` for a job that already finished.
+        """
+
+    @abc.abstractmethod
+    def purge(self, states: Sequence[JobState], finished_before: Optional[float] = None) -> PurgeResult:
+        """Delete jobs in ``states`` (finished states only) with their attempts.
+
+        With ``finished_before``, only jobs whose last change (for a finished
+        job: when it finished) is older than that time.
+        """
+
+    @abc.abstractmethod
+    def set_paused(self, paused: bool, now: float) -> bool:
+        """Pause or resume claiming; returns False if it already was so."""
+
+    @abc.abstractmethod
+    def paused_since(self) -> Optional[float]:
+        """When the queue was paused, or None if it is not paused."""
 
     @abc.abstractmethod
     def get(self, job_id: str) -> Job:
         """The job with this id; raises ``JobNotFoundError``."""
 
     @abc.abstractmethod
-    def list_jobs(self, states: Iterable[JobState] = (), limit: Optional[int] = None) -> List[Job]:
-        """Jobs (optionally only in ``states``) oldest first, at most ``limit``."""
+    def iter_jobs(
+        self,
+        states: Iterable[JobState] = (),
+        limit: Optional[int] = None,
+        sort: str = "created",
+        reverse: bool = False,
+    ) -> Iterator[Job]:
+        """Jobs (optionally only in ``states``), one at a time, at most ``limit``.
+
+        ``sort`` is one of ``jobs.LIST_SORTS``; ``reverse`` flips it. Rows
+        come from the database as they are read, so a caller printing
+        100,000 jobs never holds them all.
+        """
+
+    def list_jobs(self, states: Iterable[JobState] = (), limit: Optional[int] = None, sort: str = "created", reverse: bool = False) -> List[Job]:
+        """``iter_jobs`` as a list (oldest first by default)."""
+        return list(self.iter_jobs(states, limit, sort, reverse))
 
     @abc.abstractmethod
     def count_by_state(self) -> Dict[JobState, int]:
         """How many jobs are in each state; every state is present."""
+
+    @abc.abstractmethod
+    def count_scheduled(self, now: float, states: Iterable[JobState] = ()) -> int:
+        """Pending or failed jobs (only ``states``, if given) not due until after ``now``."""
+
+    @abc.abstractmethod
+    def stats(self, now: float) -> QueueStats:
+        """A consistent snapshot of the queue's numbers, as of ``now``."""
 
     @abc.abstractmethod
     def attempts(self, job_id: str) -> List[Attempt]:

@@ -19,13 +19,26 @@ import json
 import sqlite3
 
 from queuectl.errors import DuplicateJobError, InvalidTransitionError, JobNotFoundError, StorageError
-from queuectl.jobs import Attempt, Job, JobState
-from queuectl.storage.base import Storage
+from queuectl.jobs import (
+    CANCELLABLE_STATES,
+    LIST_SORTS,
+    Attempt,
+    Job,
+    JobState,
+    QueueStats,
+    WorkerTally,
+    percentile_rank,
+)
+from queuectl.storage.base import PurgeResult, Storage
 
 # "QCTL" as a big-endian int: marks a file as a queuectl database.
 APPLICATION_ID = 0x5143544C
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 60.0
+# Jobs deleted per write transaction by `purge`.
+PURGE_BATCH = 500
+# Rows fetched from the cursor at a time while streaming `list`.
+LIST_BATCH = 200
 
 # Each migration takes the schema from version N-1 to N; append, never edit.
 MIGRATIONS = {
@@ -90,6 +103,12 @@ MIGRATIONS = {
     -- Queue-wide flags and counters.
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    2: """
+    -- `stats` counts attempts that finished in the last minute / hour.
+    CREATE INDEX attempts_finished ON attempts (finished_at);
+    -- `list` streams jobs in creation order straight off an index, no sort first.
+    CREATE INDEX jobs_created ON jobs (created_at, seq);
+    """,
 }
 
 JOB_COLUMNS = (
@@ -105,6 +124,9 @@ INSERT INTO jobs (id, command, state, priority, attempts, max_retries, timeout, 
 VALUES (?, ?, 'pending', ?, 0, ?, ?, ?, ?, ?, ?, ?)
 """
 
+# not_paused: true unless `pause` has set the queue's paused flag.
+NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM meta WHERE key = 'paused')"
+
 # claim_next: take the first due job in claim order and mark it processing.
 # INDEXED BY pins the plan: without statistics the planner may pick jobs_state
 # and sort every waiting job, which is O(queue) per claim instead of O(1).
@@ -113,7 +135,7 @@ UPDATE jobs
    SET state = 'processing', attempts = attempts + 1, worker_id = :worker,
        started_at = :now, finished_at = NULL, lease_expires_at = :lease, updated_at = :now
  WHERE seq = (SELECT seq FROM jobs INDEXED BY jobs_claim_order
-               WHERE state IN ('pending', 'failed') AND next_run_at <= :now
+               WHERE state IN ('pending', 'failed') AND next_run_at <= :now AND {NOT_PAUSED}
                ORDER BY priority DESC, created_at, seq
                LIMIT 1)
 RETURNING {JOB_COLUMNS}
@@ -129,6 +151,15 @@ FENCE = "seq = :seq AND state = 'processing' AND worker_id = :worker AND attempt
 
 # renew_lease: push the claim's lease forward.
 SQL_RENEW_LEASE = f"UPDATE jobs SET lease_expires_at = :lease WHERE {FENCE}"
+
+# holds_claim: is this claim still current? (read-only, for frequent checks)
+SQL_HOLDS_CLAIM = f"SELECT 1 FROM jobs WHERE {FENCE}"
+
+# keep_output: attach a run's output tails to its (already closed) attempt row.
+SQL_KEEP_OUTPUT = """
+UPDATE attempts SET stdout_tail = :stdout, stderr_tail = :stderr
+ WHERE id = :attempt_id AND worker_id = :worker
+"""
 
 # finish_attempt: move a claimed job to its next state with the attempt's outcome.
 SQL_FINISH = f"""
@@ -155,16 +186,116 @@ SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'processing' AND lease_expires_at <
 # any_expired: cheap read-only check before taking the write lock to reap.
 SQL_ANY_EXPIRED = "SELECT 1 FROM jobs WHERE state = 'processing' AND lease_expires_at < ? LIMIT 1"
 
-# next_due: the earliest time a waiting job becomes claimable.
-SQL_NEXT_DUE = "SELECT min(next_run_at) FROM jobs WHERE state IN ('pending', 'failed')"
+# next_due: the earliest time a waiting job becomes claimable (none while paused).
+SQL_NEXT_DUE = f"SELECT min(next_run_at) FROM jobs WHERE state IN ('pending', 'failed') AND {NOT_PAUSED}"
 
-# revive: DLQ -> pending with a fresh attempt budget.
+# revive: {states} -> pending, due now, with a fresh attempt budget ({states}: placeholders).
 SQL_REVIVE = """
 UPDATE jobs
-   SET state = 'pending', attempts = 0, next_run_at = :now, updated_at = :now,
+   SET state = 'pending', attempts = 0, next_run_at = ?, updated_at = ?,
        worker_id = NULL, exit_code = NULL, error_message = NULL,
-       started_at = NULL, finished_at = NULL
- WHERE id = :id AND state = 'dlq'
+       started_at = NULL, finished_at = NULL, lease_expires_at = NULL
+ WHERE id = ? AND state IN ({states})
+"""
+
+# revive_all: every job in {states} -> pending, as revive does for one.
+SQL_REVIVE_ALL = """
+UPDATE jobs
+   SET state = 'pending', attempts = 0, next_run_at = ?, updated_at = ?,
+       worker_id = NULL, exit_code = NULL, error_message = NULL,
+       started_at = NULL, finished_at = NULL, lease_expires_at = NULL
+ WHERE state IN ({states})
+"""
+
+# cancel_job: end a pending, failed or running job for good; a running job's claim ends with it.
+SQL_CANCEL = """
+UPDATE jobs
+   SET state = 'cancelled', error_message = :error, finished_at = :now, updated_at = :now,
+       lease_expires_at = NULL
+ WHERE seq = :seq AND state = :state
+"""
+
+# cancel_attempt: close the attempt a cancelled job was running.
+SQL_CANCEL_ATTEMPT = """
+UPDATE attempts SET finished_at = :now, error_message = :error
+ WHERE job_seq = :seq AND number = :attempt AND finished_at IS NULL
+"""
+
+# pause: set the paused flag (value: when), unless already set.
+SQL_PAUSE = "INSERT OR IGNORE INTO meta (key, value) VALUES ('paused', ?)"
+
+# resume: clear the paused flag.
+SQL_RESUME = "DELETE FROM meta WHERE key = 'paused'"
+
+# paused_since: when the paused flag was set, if it is.
+SQL_PAUSED_SINCE = "SELECT value FROM meta WHERE key = 'paused'"
+
+# purge_pick: the next batch of finished jobs to purge ({states}: placeholders).
+SQL_PURGE_PICK = """
+SELECT seq FROM jobs
+ WHERE state IN ({states}) AND (? IS NULL OR updated_at < ?)
+ ORDER BY seq LIMIT ?
+"""
+
+# purge_attempt_ids: the attempts of a batch of jobs ({seqs}: placeholders), for their log files.
+SQL_PURGE_ATTEMPT_IDS = "SELECT id FROM attempts WHERE job_seq IN ({seqs})"
+
+# purge_delete: delete a batch of jobs; their attempts go with them (ON DELETE CASCADE).
+SQL_PURGE_DELETE = "DELETE FROM jobs WHERE seq IN ({seqs})"
+
+# list_jobs: jobs in a chosen order ({where}, {order}, {limit} filled in per call).
+SQL_LIST = f"SELECT {JOB_COLUMNS} FROM jobs {{where}} ORDER BY {{order}} {{limit}}"
+
+# The ORDER BY for each `list --sort` key: (natural, reversed); seq breaks ties.
+LIST_ORDER = {
+    "created": ("created_at, seq", "created_at DESC, seq DESC"),
+    "priority": ("priority DESC, created_at, seq", "priority, created_at DESC, seq DESC"),
+    "next_run": ("next_run_at, seq", "next_run_at DESC, seq DESC"),
+    "updated": ("updated_at DESC, seq DESC", "updated_at, seq"),
+    "id": ("id", "id DESC"),
+}
+assert set(LIST_ORDER) == set(LIST_SORTS)
+
+# count_scheduled: waiting jobs not yet due ({states}: the pending/failed ones asked for).
+SQL_COUNT_SCHEDULED = "SELECT count(*) FROM jobs WHERE state IN ({states}) AND next_run_at > ?"
+
+# stats_attempts: recorded attempts, and how many jobs they belong to.
+SQL_STATS_ATTEMPTS = "SELECT count(*), count(DISTINCT job_seq) FROM attempts"
+
+# stats_most_attempts: the most attempts any one job has had.
+SQL_STATS_MOST_ATTEMPTS = "SELECT max(n) FROM (SELECT count(*) AS n FROM attempts GROUP BY job_seq)"
+
+# stats_run_times: how many attempts finished, and the longest run.
+SQL_STATS_RUN_TIMES = """
+SELECT count(*), max(finished_at - started_at) FROM attempts WHERE finished_at IS NOT NULL
+"""
+
+# stats_run_time_at: the run time at a given rank among finished attempts (for percentiles).
+SQL_STATS_RUN_TIME_AT = """
+SELECT finished_at - started_at AS run_time FROM attempts
+ WHERE finished_at IS NOT NULL ORDER BY run_time LIMIT 1 OFFSET ?
+"""
+
+# stats_completed_since: successful attempts (= jobs completed) in a time window.
+SQL_STATS_COMPLETED_SINCE = """
+SELECT count(*) FROM attempts
+ WHERE finished_at >= ? AND finished_at <= ? AND error_message IS NULL
+"""
+
+# stats_oldest_waiting: the due job that has waited longest to be claimed.
+SQL_STATS_OLDEST_WAITING = """
+SELECT id, next_run_at FROM jobs
+ WHERE state IN ('pending', 'failed') AND next_run_at <= ?
+ ORDER BY next_run_at, seq LIMIT 1
+"""
+
+# stats_workers: per worker, attempts run, succeeded, failed, still running.
+SQL_STATS_WORKERS = """
+SELECT worker_id, count(*),
+       sum(finished_at IS NOT NULL AND error_message IS NULL),
+       sum(finished_at IS NOT NULL AND error_message IS NOT NULL),
+       sum(finished_at IS NULL)
+  FROM attempts GROUP BY worker_id ORDER BY worker_id
 """
 
 # get_job: one job by id.
@@ -182,11 +313,14 @@ SELECT a.id, j.id, a.number, a.worker_id, a.started_at, a.finished_at, a.exit_co
  ORDER BY a.id
 """
 
+# register_worker: announce (or re-announce) a live worker.
 SQL_REGISTER_WORKER = """
 INSERT OR REPLACE INTO workers (worker_id, pid, hostname, process_started_at, started_at, wake_address)
 VALUES (?, ?, ?, ?, ?, ?)
 """
+# unregister_worker: forget a worker.
 SQL_UNREGISTER_WORKER = "DELETE FROM workers WHERE worker_id = ?"
+# list_workers: every registered worker, oldest first.
 SQL_LIST_WORKERS = """
 SELECT worker_id, pid, hostname, process_started_at, started_at, wake_address
   FROM workers ORDER BY started_at, worker_id
@@ -292,6 +426,15 @@ class SqliteStorage(Storage):
             yield
 
     @contextlib.contextmanager
+    def _snapshot(self):
+        """Several reads that see one consistent state (a WAL read transaction)."""
+        self._conn.execute("BEGIN DEFERRED")
+        try:
+            yield self._conn
+        finally:
+            self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
     def _errors(self):
         """Turn driver errors into ours, so callers never see sqlite3."""
         try:
@@ -354,6 +497,20 @@ class SqliteStorage(Storage):
             job.lease_expires_at = params["lease"]
         return renewed
 
+    def holds_claim(self, job):
+        with self._errors():
+            return self._scalar(SQL_HOLDS_CLAIM, _fence(job)) is not None
+
+    def keep_output(self, job, result):
+        params = {
+            "attempt_id": job.attempt_id,
+            "worker": job.worker_id,
+            "stdout": result.stdout_tail,
+            "stderr": result.stderr_tail,
+        }
+        with self._errors(), self.transaction() as conn:
+            conn.execute(SQL_KEEP_OUTPUT, params)
+
     def complete(self, job, result, now):
         return self._finish(job, result, now, JobState.COMPLETED, job.next_run_at)
 
@@ -415,16 +572,83 @@ class SqliteStorage(Storage):
 
     # --- operators ---------------------------------------------------------
 
-    def revive(self, job_id, now):
+    def revive(self, job_id, now, states=(JobState.DLQ,)):
+        values = [state.value for state in states]
+        sql = SQL_REVIVE.format(states=_marks(values))
         with self._errors(), self.transaction() as conn:
-            if conn.execute(SQL_REVIVE, {"id": job_id, "now": now}).rowcount != 1:
+            if conn.execute(sql, [now, now, job_id, *values]).rowcount != 1:
                 job = self._get_or_none(job_id)
                 if job is None:
                     raise JobNotFoundError(f"job {job_id!r} not found")
+                if list(states) == [JobState.DLQ]:
+                    raise InvalidTransitionError(
+                        f"job {job_id!r} is not in the DLQ (state: {job.state.value})"
+                    )
                 raise InvalidTransitionError(
-                    f"job {job_id!r} is not in the DLQ (state: {job.state.value})"
+                    f"job {job_id!r} is {job.state.value}; only {_or_list(values)} jobs can be retried"
                 )
         return self.get(job_id)
+
+    def revive_all(self, now, states=(JobState.DLQ,)):
+        values = [state.value for state in states]
+        sql = SQL_REVIVE_ALL.format(states=_marks(values))
+        with self._errors(), self.transaction() as conn:
+            return conn.execute(sql, [now, now, *values]).rowcount
+
+    def cancel(self, job_id, now):
+        with self._errors(), self.transaction() as conn:
+            row = conn.execute(SQL_GET, (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFoundError(f"job {job_id!r} not found")
+            job = _job_from_row(row)
+            if job.state not in CANCELLABLE_STATES:
+                raise InvalidTransitionError(
+                    f"job {job_id!r} already finished (state: {job.state.value}); there is nothing to cancel"
+                )
+            running = job.state == JobState.PROCESSING
+            params = {
+                "seq": job.seq,
+                "state": job.state.value,
+                "now": now,
+                "attempt": job.attempts,
+                "error": "Cancelled while running" if running else "Cancelled",
+            }
+            conn.execute(SQL_CANCEL, params)
+            if running:
+                conn.execute(SQL_CANCEL_ATTEMPT, params)
+        return job
+
+    def purge(self, states, finished_before=None):
+        values = [state.value for state in states]
+        pick = SQL_PURGE_PICK.format(states=_marks(values))
+        result = PurgeResult()
+        # Batches keep each write transaction short, so workers are not held
+        # up for the whole of a purge of 100,000 jobs.
+        while True:
+            with self._errors(), self.transaction() as conn:
+                seqs = [row[0] for row in conn.execute(pick, [*values, finished_before, finished_before, PURGE_BATCH])]
+                if not seqs:
+                    break
+                marks = _marks(seqs)
+                result.attempt_ids.extend(
+                    row[0] for row in conn.execute(SQL_PURGE_ATTEMPT_IDS.format(seqs=marks), seqs)
+                )
+                conn.execute(SQL_PURGE_DELETE.format(seqs=marks), seqs)
+                result.jobs += len(seqs)
+            if len(seqs) < PURGE_BATCH:
+                break
+        return result
+
+    def set_paused(self, paused, now):
+        with self._errors(), self.transaction() as conn:
+            if paused:
+                return conn.execute(SQL_PAUSE, (repr(float(now)),)).rowcount == 1
+            return conn.execute(SQL_RESUME).rowcount == 1
+
+    def paused_since(self):
+        with self._errors():
+            value = self._scalar(SQL_PAUSED_SINCE)
+        return None if value is None else float(value)
 
     def get(self, job_id):
         job = self._get_or_none(job_id)
@@ -437,17 +661,24 @@ class SqliteStorage(Storage):
             row = self._conn.execute(SQL_GET, (job_id,)).fetchone()
         return _job_from_row(row) if row else None
 
-    def list_jobs(self, states=(), limit=None):
-        sql = f"SELECT {JOB_COLUMNS} FROM jobs"
-        params = [state.value for state in states]
-        if params:
-            sql += f" WHERE state IN ({','.join('?' * len(params))})"
-        sql += " ORDER BY created_at, seq"
+    def iter_jobs(self, states=(), limit=None, sort="created", reverse=False):
+        if sort not in LIST_ORDER:
+            raise ValueError(f"unknown sort key {sort!r}")
+        params = [state.value for state in dict.fromkeys(states)]
+        where = f"WHERE state IN ({_marks(params)})" if params else ""
+        limit_clause = ""
         if limit is not None:
-            sql += " LIMIT ?"
+            limit_clause = "LIMIT ?"
             params.append(limit)
+        sql = SQL_LIST.format(where=where, order=LIST_ORDER[sort][1 if reverse else 0], limit=limit_clause)
         with self._errors():
-            return [_job_from_row(row) for row in self._conn.execute(sql, params)]
+            cursor = self._conn.execute(sql, params)
+            while True:
+                rows = cursor.fetchmany(LIST_BATCH)
+                if not rows:
+                    return
+                for row in rows:
+                    yield _job_from_row(row)
 
     def count_by_state(self):
         counts = {state: 0 for state in JobState}
@@ -455,6 +686,47 @@ class SqliteStorage(Storage):
             for state, count in self._conn.execute(SQL_COUNT):
                 counts[JobState(state)] = count
         return counts
+
+    def count_scheduled(self, now, states=()):
+        waiting = [JobState.PENDING.value, JobState.FAILED.value]
+        if states:
+            waiting = [value for value in waiting if JobState(value) in set(states)]
+        if not waiting:
+            return 0
+        with self._errors():
+            return self._scalar(SQL_COUNT_SCHEDULED.format(states=_marks(waiting)), [*waiting, now])
+
+    def stats(self, now):
+        with self._errors(), self._snapshot() as conn:
+            counts = {state: 0 for state in JobState}
+            for state, count in conn.execute(SQL_COUNT):
+                counts[JobState(state)] = count
+            attempts_total, jobs_attempted = conn.execute(SQL_STATS_ATTEMPTS).fetchone()
+            finished, longest = conn.execute(SQL_STATS_RUN_TIMES).fetchone()
+
+            def run_time_at(fraction):
+                if not finished:
+                    return None
+                return self._scalar(SQL_STATS_RUN_TIME_AT, (percentile_rank(finished, fraction),))
+
+            oldest = conn.execute(SQL_STATS_OLDEST_WAITING, (now,)).fetchone()
+            workers = [WorkerTally(*row) for row in conn.execute(SQL_STATS_WORKERS)]
+            return QueueStats(
+                counts=counts,
+                scheduled=self.count_scheduled(now),
+                attempts_total=attempts_total,
+                jobs_attempted=jobs_attempted,
+                max_attempts_per_job=self._scalar(SQL_STATS_MOST_ATTEMPTS) or 0,
+                run_time_p50=run_time_at(0.50),
+                run_time_p95=run_time_at(0.95),
+                run_time_max=longest,
+                finished_attempts=finished,
+                completed_last_minute=self._scalar(SQL_STATS_COMPLETED_SINCE, (now - 60, now)),
+                completed_last_hour=self._scalar(SQL_STATS_COMPLETED_SINCE, (now - 3600, now)),
+                oldest_waiting_id=oldest[0] if oldest else None,
+                oldest_waiting_age=max(0.0, now - oldest[1]) if oldest else None,
+                workers=workers,
+            )
 
     def attempts(self, job_id):
         self.get(job_id)
@@ -478,6 +750,14 @@ class SqliteStorage(Storage):
         keys = ("worker_id", "pid", "hostname", "process_started_at", "started_at", "wake_address")
         with self._errors():
             return [dict(zip(keys, row)) for row in self._conn.execute(SQL_LIST_WORKERS)]
+
+
+def _marks(values):
+    return ",".join("?" * len(values))
+
+
+def _or_list(values):
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
 
 
 def _fence(job):
