@@ -4,15 +4,19 @@ One iteration, in order:
 
 1. Stop if a graceful stop was requested (SIGINT / SIGTERM between jobs).
 2. Reap claims whose lease ran out (their worker died), at most once a second.
-3. Claim the next due job: highest priority, then oldest.
-4. If none is due, wait until the next job becomes due, an ``enqueue``
-   wakes us, a signal arrives, or ``poll_interval`` passes; then go to 1.
-5. Run the command (see ``executor``), renewing the lease every third of
-   its length. A failed renewal means the claim was taken from us, so the
-   job's tree is stopped and its result discarded.
+3. Claim the next due job: highest priority, then oldest (nothing while
+   the queue is paused).
+4. If none is due, wait until the next job becomes due, an ``enqueue`` or
+   ``resume`` wakes us, a signal arrives, or ``poll_interval`` passes; then
+   go to 1.
+5. Run the command (see ``executor``). Every ``CLAIM_CHECK_SECONDS`` read
+   whether the claim still stands, and renew the lease every third of its
+   length. A claim that is gone (the job was cancelled, or the lease ran out
+   and the job was reaped) means the job's tree is stopped at once.
 6. Record the outcome, fenced by the claim: completed; failed with the time
    of its next attempt (``backoff_base ** attempts`` seconds, capped); or
-   buried in the DLQ once its attempts are used up. Unless a stop was
+   buried in the DLQ once its attempts are used up. A run whose claim was
+   taken away only leaves its output with the attempt. Unless a stop was
    requested, steps 2-3 for the next job happen in the same transaction, so
    a busy worker commits once per job.
 
@@ -31,12 +35,21 @@ import time
 
 from queuectl import config as config_mod
 from queuectl import executor, wakeup
-from queuectl.jobs import AttemptResult, format_seconds, retry_delay
+from queuectl.errors import JobNotFoundError
+from queuectl.jobs import AttemptResult, JobState, format_seconds, retry_delay
 
 logger = logging.getLogger("queuectl.worker")
 
 REAP_INTERVAL_SECONDS = 1.0
 ERROR_PAUSE_SECONDS = 1.0
+# How often a running job's claim is re-read. A read is cheap (WAL readers
+# never block or write), so cancellation takes effect within about this long
+# even when leases are renewed only every ten seconds.
+CLAIM_CHECK_SECONDS = 0.5
+
+
+# The stop reason a run gets when its job was cancelled while it ran.
+CANCELLED_REASON = "cancelled"
 
 
 def worker_name(pid=None):
@@ -57,6 +70,7 @@ class Worker:
         self.abort_requested = False
         self._stop_announced = False
         self._last_reap = 0.0
+        self._paused_logged = False
         self._wake = None
         self._spools = ()
         self._signal_r = self._signal_w = None
@@ -106,7 +120,10 @@ class Worker:
         if now - self._last_reap >= REAP_INTERVAL_SECONDS:
             self._last_reap = now
             self._reap(settings, now)
-        return self.storage.claim(self.worker_id, now, settings["lease_seconds"])
+        job = self.storage.claim(self.worker_id, now, settings["lease_seconds"])
+        if job is not None and self._paused_logged:
+            self._note_pause()
+        return job
 
     # --- one job -----------------------------------------------------------
 
@@ -132,8 +149,11 @@ class Worker:
                 self._stop_announced = True
                 logger.info("Stop requested: finishing job %s, then exiting", job.id)
             if self.clock() >= job.lease_expires_at - lease * 2 / 3:
-                if not self.storage.renew_lease(job, self.clock(), lease):
-                    return "lost the claim (job cancelled or lease expired)"
+                held = self.storage.renew_lease(job, self.clock(), lease)
+            else:
+                held = self.storage.holds_claim(job)
+            if not held:
+                return self._why_claim_lost(job)
             return None
 
         run = executor.run_command(
@@ -146,13 +166,22 @@ class Worker:
             env=job.env,
             timeout=timeout or None,
             tick=tick,
-            tick_interval=max(0.05, lease / 3),
+            tick_interval=max(0.05, min(CLAIM_CHECK_SECONDS, lease / 3)),
             wake_fds=[self._signal_r] if self._signal_r is not None else [],
         )
         # Recording this outcome and claiming the next job share one commit.
         with self.storage.batch():
             self._record(job, run, self.config.current())
             return None if self.stop_requested else self._claim()
+
+    def _why_claim_lost(self, job):
+        try:
+            current = self.storage.get(job.id)
+        except JobNotFoundError:
+            return "lost the claim (job was deleted)"
+        if current.state == JobState.CANCELLED:
+            return CANCELLED_REASON
+        return "lost the claim (lease expired)"
 
     def _record(self, job, run, settings):
         now = self.clock()
@@ -164,6 +193,11 @@ class Worker:
             stderr_tail=run.stderr_tail,
         )
         limit = job.attempt_limit
+        if run.stopped_because == CANCELLED_REASON:
+            # The cancel already closed the job and its attempt; only the output is ours to add.
+            self.storage.keep_output(job, result)
+            logger.info("Job %s was cancelled; stopped its process tree (attempt %d/%d)", job.id, job.attempts, limit)
+            return
         if run.succeeded:
             recorded = self.storage.complete(job, result, now)
             if recorded:
@@ -183,6 +217,7 @@ class Worker:
                         job.id, format_seconds(delay), job.attempts, limit,
                     )
         if not recorded:
+            self.storage.keep_output(job, result)
             logger.warning(
                 "Job %s attempt %d was taken from worker %s before it finished; its result was discarded",
                 job.id, job.attempts, self.worker_id,
@@ -209,10 +244,20 @@ class Worker:
     def _idle(self):
         settings = self.config.current()
         timeout = settings["poll_interval"]
+        self._note_pause()
         due = self.storage.next_due_at()
         if due is not None:
             timeout = min(timeout, max(0.0, due - self.clock()))
         self._sleep(timeout, include_wake=True)
+
+    def _note_pause(self):
+        """Log once when the worker finds the queue paused, and once when resumed."""
+        paused = self.storage.paused_since() is not None
+        if paused and not self._paused_logged:
+            logger.info("Queue is paused: worker %s claims no jobs until `queuectl resume`", self.worker_id)
+        elif self._paused_logged and not paused:
+            logger.info("Queue resumed: worker %s claims jobs again", self.worker_id)
+        self._paused_logged = paused
 
     def _sleep(self, timeout, include_wake=False):
         """Wait up to ``timeout`` seconds; a signal or (optionally) a wake-up ends it early."""
