@@ -15,7 +15,7 @@ import click
 from queuectl import __version__
 from queuectl import config as config_mod
 from queuectl.errors import QueueCtlError, ValidationError
-from queuectl.jobs import JobState, parse_duration, parse_job_batch, parse_time
+from queuectl.jobs import RETRYABLE_STATES, JobState, parse_duration, parse_job_batch, parse_time
 
 # Batches bigger than this print one summary line instead of a line per job.
 SUMMARY_THRESHOLD = 20
@@ -274,11 +274,13 @@ def status(app, as_json):
 
     storage = app.storage()
     counts = storage.count_by_state()
+    scheduled = storage.count_scheduled(time.time())
+    paused_since = storage.paused_since()
     workers = supervisor.live_workers(app.home, storage)
     if as_json:
-        output.echo_json(output.status_json(counts, workers))
+        output.echo_json(output.status_json(counts, workers, scheduled, paused_since))
     else:
-        click.echo(output.render_status(counts, workers))
+        click.echo(output.render_status(counts, workers, scheduled, paused_since))
 
 
 @cli.command("list")
@@ -321,14 +323,102 @@ def dlq_list(app, limit, as_json):
 
 
 @dlq.command("retry")
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="[ID]", required=False)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every job in the DLQ.")
 @pass_app
-def dlq_retry(app, job_id):
-    """Move a job from the DLQ back to pending, with its attempts reset."""
+def dlq_retry(app, job_id, retry_all):
+    """Move a job (or, with --all, every job) from the DLQ back to pending.
+
+    Its attempts are reset, so it gets its full number of tries again, and it
+    is due at once.
+
+    \b
+    Examples:
+      queuectl dlq retry job-42
+      queuectl dlq retry --all
+    """
+    if (job_id is None) == (not retry_all):
+        raise click.UsageError("give a job ID or --all (exactly one)")
     storage = app.storage()
+    if retry_all:
+        moved = storage.revive_all(time.time())
+        _wake_workers(storage)
+        click.echo(f"Moved {moved} job(s) from DLQ back to pending queue")
+        return
     storage.revive(job_id, time.time())
     _wake_workers(storage)
     click.echo(f"Job {job_id} moved from DLQ back to pending queue")
+
+
+# --- control -------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@pass_app
+def cancel(app, job_id):
+    """Cancel a pending, failed or running job; it will not run (again).
+
+    A running job's whole process tree is stopped by its worker within about
+    a second, and the attempt is recorded as cancelled, not failed: the job
+    is not retried. Finished jobs cannot be cancelled. `queuectl retry ID`
+    brings a cancelled job back.
+
+    \b
+    Example:
+      queuectl cancel job-42
+    """
+    before = app.storage().cancel(job_id, time.time())
+    if before.state == JobState.PROCESSING:
+        click.echo(f"Job {job_id} cancelled; {before.worker_id} is stopping its process tree")
+    else:
+        click.echo(f"Job {job_id} cancelled (was {before.state.value})")
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@pass_app
+def retry(app, job_id):
+    """Run a failed, cancelled or dead job again, now, with fresh attempts.
+
+    The job goes back to pending, due at once, with its attempt count reset
+    (its earlier attempts stay in `queuectl show ID`).
+
+    \b
+    Example:
+      queuectl retry job-42
+    """
+    storage = app.storage()
+    storage.revive(job_id, time.time(), RETRYABLE_STATES)
+    _wake_workers(storage)
+    click.echo(f"Job {job_id} moved back to pending queue (attempts reset)")
+
+
+@cli.command()
+@pass_app
+def pause(app):
+    """Stop workers from claiming jobs, without stopping the workers.
+
+    Jobs already running finish normally; nothing new starts until
+    `queuectl resume`. Enqueueing still works. The flag is stored in the
+    queue's database, so it holds for every worker and survives restarts.
+    """
+    if app.storage().set_paused(True, time.time()):
+        click.echo("Queue paused: running jobs finish, no new jobs are claimed")
+    else:
+        click.echo("Queue is already paused")
+
+
+@cli.command()
+@pass_app
+def resume(app):
+    """Let workers claim jobs again after `queuectl pause`."""
+    storage = app.storage()
+    if storage.set_paused(False, time.time()):
+        _wake_workers(storage)
+        click.echo("Queue resumed: workers claim jobs again")
+    else:
+        click.echo("Queue is not paused")
 
 
 # --- config --------------------------------------------------------------------

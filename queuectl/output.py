@@ -9,7 +9,7 @@ import time
 import click
 from tabulate import tabulate
 
-from queuectl.jobs import JobState
+from queuectl.jobs import JobState, format_iso
 
 COMMAND_WIDTH = 40
 ERROR_WIDTH = 50
@@ -21,6 +21,7 @@ STATE_LABELS = {
     JobState.COMPLETED: "Completed",
     JobState.FAILED: "Failed",
     JobState.DLQ: "Dead (DLQ)",
+    JobState.CANCELLED: "Cancelled",
 }
 
 
@@ -74,7 +75,7 @@ def _table_or_empty(rows, headers, empty_message):
     return tabulate(rows, headers=headers, tablefmt="simple")
 
 
-def render_status(counts, workers):
+def render_status(counts, workers, scheduled=0, paused_since=None):
     rows = [[STATE_LABELS[state], counts[state]] for state in JobState]
     lines = [
         "=== QueueCTL Status ===",
@@ -82,17 +83,23 @@ def render_status(counts, workers):
         "Jobs:",
         tabulate(rows, headers=["State", "Count"], tablefmt="simple"),
         "",
-        f"Workers: {len(workers)} active",
+        f"Scheduled: {scheduled} waiting for a later run time",
     ]
+    if paused_since is not None:
+        lines.append(f"Queue: paused since {format_local(paused_since)} (no new claims until `queuectl resume`)")
+    lines += ["", f"Workers: {len(workers)} active"]
     if workers:
         lines.append(f"Worker PIDs: {[w['pid'] for w in workers]}")
     return "\n".join(lines)
 
 
-def status_json(counts, workers):
+def status_json(counts, workers, scheduled=0, paused_since=None):
     return {
         "jobs": {state.value: counts[state] for state in JobState},
         "total": sum(counts.values()),
+        "scheduled": scheduled,
+        "paused": paused_since is not None,
+        "paused_since": format_iso(paused_since),
         "workers": {
             "count": len(workers),
             "pids": [w["pid"] for w in workers],
