@@ -6,6 +6,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -158,6 +159,9 @@ class TestReadCommands:
             "Completed         0",
             "Failed            0",
             "Dead (DLQ)        0",
+            "Cancelled         0",
+            "",
+            "Scheduled: 0 waiting for a later run time",
             "",
             "Workers: 0 active",
         ]
@@ -165,7 +169,8 @@ class TestReadCommands:
     def test_status_json(self, run):
         run("enqueue", '{"id": "a", "command": "true"}')
         data = json.loads(run("status", "--json").stdout)
-        assert data["jobs"] == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "dlq": 0}
+        assert data["jobs"] == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "dlq": 0, "cancelled": 0}
+        assert (data["scheduled"], data["paused"], data["paused_since"]) == (0, False, None)
         assert data["workers"] == {"count": 0, "pids": [], "ids": []}
 
     def test_list_table(self, run):
@@ -319,3 +324,80 @@ def test_database_stays_consistent_after_refused_batches(run, home):
     conn = sqlite3.connect(home.db_path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
+
+
+# --- scheduling and control (issue 4) --------------------------------------------
+
+
+def snapshot(run):
+    """Everything a user can see about the jobs, timestamps included."""
+    status = json.loads(run("status", "--json").stdout)
+    status.pop("workers")
+    return run("list", "--json").stdout, status
+
+
+class TestControlCommands:
+    def test_cancel_and_retry_a_waiting_job(self, run, home):
+        run("enqueue", "--delay", "1h", '{"id": "later", "command": "true"}')
+        assert json.loads(run("status", "--json").stdout)["scheduled"] == 1
+        assert "Scheduled: 1 waiting for a later run time" in run("status").stdout
+        assert run("cancel", "later").stdout == "Job later cancelled (was pending)\n"
+        assert json.loads(run("list", "--state", "canceled", "--json").stdout)[0]["state"] == "cancelled"
+        assert run("retry", "later").stdout == "Job later moved back to pending queue (attempts reset)\n"
+        with open_storage(home) as store:
+            job = store.get("later")
+        assert (job.state.value, job.attempts) == ("pending", 0)
+        assert job.next_run_at == job.updated_at  # due now, no longer an hour away
+
+    def test_cancel_of_a_running_job_names_its_worker(self, run, home):
+        run("enqueue", '{"id": "busy", "command": "sleep 60"}')
+        with open_storage(home) as store:
+            store.claim("worker-42", time.time() + 1, 30)
+        assert run("cancel", "busy").stdout == "Job busy cancelled; worker-42 is stopping its process tree\n"
+
+    def test_pause_and_resume_messages(self, run):
+        assert run("pause").stdout == "Queue paused: running jobs finish, no new jobs are claimed\n"
+        assert run("pause").stdout == "Queue is already paused\n"
+        assert "Queue: paused since " in run("status").stdout
+        assert json.loads(run("status", "--json").stdout)["paused"] is True
+        assert run("resume").stdout == "Queue resumed: workers claim jobs again\n"
+        assert run("resume").stdout == "Queue is not paused\n"
+        assert "paused" not in run("status").stdout
+
+    def test_dlq_retry_all(self, run, home):
+        run("enqueue", '[{"id": "a", "command": "true"}, {"id": "b", "command": "true"}, {"id": "c", "command": "true"}]')
+        to_dlq(home, "a")
+        to_dlq(home, "b")
+        assert run("dlq", "retry", "--all").stdout == "Moved 2 job(s) from DLQ back to pending queue\n"
+        assert [j["state"] for j in json.loads(run("list", "--json").stdout)] == ["pending"] * 3
+        assert run("dlq", "retry", "--all").stdout == "Moved 0 job(s) from DLQ back to pending queue\n"
+
+    @pytest.mark.parametrize(
+        "args, code, message",
+        [
+            (["cancel", "ghost"], 1, "Error: job 'ghost' not found"),
+            (["cancel", "done"], 1, "Error: job 'done' already finished (state: cancelled); there is nothing to cancel"),
+            (["retry", "ghost"], 1, "Error: job 'ghost' not found"),
+            (["retry", "waiting"], 1, "Error: job 'waiting' is pending; only failed, cancelled or dlq jobs can be retried"),
+            (["dlq", "retry", "done"], 1, "Error: job 'done' is not in the DLQ (state: cancelled)"),
+            (["dlq", "retry"], 2, "Error: give a job ID or --all (exactly one)"),
+            (["dlq", "retry", "done", "--all"], 2, "Error: give a job ID or --all (exactly one)"),
+            (["cancel"], 2, "Error: Missing argument 'ID'."),
+            (["enqueue", '{"id": "x", "command": "true", "run_at": "next tuesday"}'], 2, "run_at 'next tuesday' is not an ISO-8601 time"),
+            (["enqueue", "--run-at", "2030-13-45", '{"id": "x", "command": "true"}'], 2, "--run-at '2030-13-45' is not an ISO-8601 time"),
+            (["enqueue", "--delay", "soon", '{"id": "x", "command": "true"}'], 2, "--delay 'soon' is not a duration"),
+        ],
+    )
+    def test_bad_input_is_one_line_and_changes_nothing(self, run, args, code, message):
+        run("enqueue", '[{"id": "done", "command": "true"}, {"id": "waiting", "command": "true"}]')
+        run("cancel", "done")
+        before = snapshot(run)
+        result = run(*args)
+        assert result.exit_code == code
+        assert message in one_error_line(result)
+        assert result.stdout == ""
+        assert snapshot(run) == before
+
+    def test_enqueue_priority_option_overrides_the_json(self, run, home):
+        run("enqueue", "--priority", "7", '{"id": "p", "command": "true", "priority": 1}')
+        assert json.loads(run("list", "--json").stdout)[0]["priority"] == 7

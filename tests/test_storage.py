@@ -10,12 +10,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timezone
 
 import pytest
 
 from queuectl.config import Home
 from queuectl.errors import DuplicateJobError, InvalidTransitionError, JobNotFoundError, StorageError
-from queuectl.jobs import AttemptResult, JobState, parse_job_spec
+from queuectl.jobs import RETRYABLE_STATES, AttemptResult, JobState, parse_job_spec
 from queuectl.storage import open_storage
 
 T0 = 1_800_000_000.0
@@ -309,3 +310,158 @@ def test_racing_processes_claim_each_job_exactly_once(tmp_path):
         claimed.extend(line for line in out.splitlines() if line)
     assert sorted(claimed) == sorted(f"job-{i}" for i in range(400))
     assert len(set(claimed)) == len(claimed)
+
+
+# --- scheduling and control (issue 4) ------------------------------------------
+
+
+class TestScheduling:
+    def test_delay_counts_as_scheduled_until_due(self, storage):
+        add(storage, make("later", delay=30))
+        assert storage.next_due_at() == T0 + 30
+        assert storage.count_scheduled(T0 + 29.999) == 1
+        assert storage.claim("w", T0 + 29.999, LEASE) is None
+        assert storage.count_scheduled(T0 + 30) == 0
+        assert storage.claim("w", T0 + 30, LEASE).id == "later"
+
+    def test_run_at_with_an_offset_is_the_same_instant_in_utc(self, storage):
+        # 15:30 at +05:30 is 10:00 UTC; the job must not run a moment before.
+        due = datetime(2030, 1, 2, 10, 0, tzinfo=timezone.utc).timestamp()
+        add(storage, make("ist", run_at="2030-01-02T15:30:00+05:30"))
+        assert storage.get("ist").next_run_at == due
+        assert storage.claim("w", due - 0.001, LEASE) is None
+        assert storage.claim("w", due, LEASE).id == "ist"
+
+    def test_count_scheduled_respects_a_state_filter(self, storage):
+        add(storage, make("a", delay=10), make("b", delay=10))
+        failed = storage.claim("w", T0 + 10, LEASE)
+        storage.retry_later(failed, BOOM, T0 + 11, retry_at=T0 + 99)
+        assert storage.count_scheduled(T0 + 11) == 1  # "a" waits for its retry; "b" is due
+        assert storage.count_scheduled(T0 + 11, [JobState.FAILED]) == 1
+        assert storage.count_scheduled(T0 + 11, [JobState.COMPLETED]) == 0
+
+
+class TestCancel:
+    def test_cancelled_waiting_jobs_are_never_claimed(self, storage):
+        add(storage, make("retrying"), make("pending"))
+        claimed = storage.claim("w", T0, LEASE)
+        storage.retry_later(claimed, BOOM, T0 + 1, retry_at=T0 + 10)
+        assert storage.cancel("retrying", T0 + 2).state == JobState.FAILED
+        assert storage.cancel("pending", T0 + 2).state == JobState.PENDING
+        for job_id in ("retrying", "pending"):
+            job = storage.get(job_id)
+            assert (job.state, job.finished_at, job.error_message) == (JobState.CANCELLED, T0 + 2, "Cancelled")
+        assert storage.claim("w", T0 + 100, LEASE) is None
+        assert storage.next_due_at() is None
+
+    def test_cancelling_a_running_job_ends_its_claim(self, storage):
+        add(storage, make("run"))
+        job = storage.claim("w", T0, LEASE)
+        assert storage.holds_claim(job)
+        before = storage.cancel("run", T0 + 1)
+        assert (before.state, before.worker_id) == (JobState.PROCESSING, "w")
+        assert not storage.holds_claim(job)
+        assert not storage.renew_lease(job, T0 + 2, LEASE)
+        # The worker's late result can't turn the cancellation into a retry or a success.
+        assert not storage.retry_later(job, BOOM, T0 + 2, retry_at=T0 + 3)
+        assert not storage.complete(job, OK, T0 + 2)
+        storage.keep_output(job, AttemptResult(False, None, "Stopped: cancelled", "partial out", "partial err"))
+        cancelled = storage.get("run")
+        assert (cancelled.state, cancelled.attempts, cancelled.lease_expires_at) == (JobState.CANCELLED, 1, None)
+        [attempt] = storage.attempts("run")
+        assert (attempt.finished_at, attempt.error_message) == (T0 + 1, "Cancelled while running")
+        assert (attempt.stdout_tail, attempt.stderr_tail) == ("partial out", "partial err")
+        # Nothing for the reaper either: a cancelled job holds no lease.
+        assert storage.reap_expired(T0 + 1000, lambda j: T0 + 1000) == []
+
+    @pytest.mark.parametrize("final", ["completed", "dlq", "cancelled"])
+    def test_a_finished_job_cannot_be_cancelled(self, storage, final):
+        add(storage, make("done", max_retries=1))
+        job = storage.claim("w", T0, LEASE)
+        if final == "completed":
+            storage.complete(job, OK, T0 + 1)
+        elif final == "dlq":
+            storage.bury(job, BOOM, T0 + 1)
+        else:
+            storage.cancel("done", T0 + 1)
+        before = storage.get("done")
+        with pytest.raises(InvalidTransitionError, match=f"already finished \\(state: {final}\\)"):
+            storage.cancel("done", T0 + 2)
+        assert storage.get("done") == before
+
+    def test_unknown_job(self, storage):
+        with pytest.raises(JobNotFoundError):
+            storage.cancel("ghost", T0)
+
+
+class TestRetryAndPause:
+    def test_retry_accepts_failed_cancelled_and_dead_jobs_only(self, storage):
+        add(storage, *[make(name, max_retries=1) for name in ("failed", "cancelled", "dead", "done", "waiting")])
+        storage.retry_later(storage.claim("w", T0, LEASE), BOOM, T0, retry_at=T0 + 500)
+        storage.cancel("cancelled", T0)
+        storage.bury(storage.claim("w", T0, LEASE), BOOM, T0)
+        storage.complete(storage.claim("w", T0, LEASE), OK, T0)
+        assert {j.id: j.state.value for j in storage.list_jobs()} == {
+            "failed": "failed", "cancelled": "cancelled", "dead": "dlq", "done": "completed", "waiting": "pending",
+        }
+        for job_id in ("failed", "cancelled", "dead"):
+            job = storage.revive(job_id, T0 + 1, RETRYABLE_STATES)
+            assert (job.state, job.attempts, job.next_run_at, job.error_message) == (JobState.PENDING, 0, T0 + 1, None)
+        for job_id in ("done", "waiting"):
+            before = storage.get(job_id)
+            with pytest.raises(InvalidTransitionError, match="only failed, cancelled or dlq jobs can be retried"):
+                storage.revive(job_id, T0 + 1, RETRYABLE_STATES)
+            assert storage.get(job_id) == before
+        # Revived jobs are due at once and keep their history.
+        assert storage.claim("w", T0 + 1, LEASE) is not None
+        assert len(storage.attempts("dead")) == 1
+
+    def test_revive_all_moves_every_dead_job(self, storage):
+        add(storage, *[make(f"d{i}", max_retries=1) for i in range(3)], make("other", now=T0 + 1))
+        for _ in range(3):
+            storage.bury(storage.claim("w", T0, LEASE), BOOM, T0)
+        assert storage.revive_all(T0 + 5) == 3
+        assert storage.revive_all(T0 + 6) == 0
+        assert storage.count_by_state()[JobState.PENDING] == 4
+
+    def test_pause_stops_claims_and_resume_releases_them(self, storage):
+        add(storage, make("a"), make("b", delay=10))
+        assert storage.paused_since() is None
+        assert storage.set_paused(True, T0) is True
+        assert storage.set_paused(True, T0 + 1) is False
+        assert storage.paused_since() == T0
+        assert storage.claim("w", T0 + 20, LEASE) is None
+        # An idle worker must not spin on a due job it may not take.
+        assert storage.next_due_at() is None
+        assert storage.set_paused(False, T0 + 21) is True
+        assert storage.set_paused(False, T0 + 22) is False
+        assert storage.next_due_at() == T0
+        assert [storage.claim("w", T0 + 20, LEASE).id for _ in range(2)] == ["a", "b"]
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path):
+    from queuectl.storage.sqlite import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+
+    home = Home(str(tmp_path))
+    conn = sqlite3.connect(home.db_path, isolation_level=None)
+    conn.executescript(MIGRATIONS[1])
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO jobs (id, command, state, max_retries, created_at, updated_at, next_run_at)"
+        " VALUES ('old', 'true', 'pending', 3, ?, ?, ?)",
+        (T0, T0, T0),
+    )
+    conn.close()
+
+    with open_storage(home) as store:
+        assert store.get("old").state == JobState.PENDING
+        assert store.claim("w", T0, LEASE).id == "old"
+    conn = sqlite3.connect(home.db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"attempts_finished", "jobs_created", "jobs_claim_order"} <= indexes
+    conn.close()
+    # Opening it again changes nothing.
+    with open_storage(home) as store:
+        assert store.get("old").state == JobState.PROCESSING

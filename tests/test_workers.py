@@ -139,7 +139,7 @@ def test_scenario_5_jobs_survive_a_worker_restart(queue):
     queue.wait_state("persist-1", "processing")
     # Graceful stop: persist-1 finishes, the worker takes nothing more.
     queue.run("worker", "stop")
-    expected = {"pending": 2, "processing": 0, "completed": 1, "failed": 0, "dlq": 0}
+    expected = {"pending": 2, "processing": 0, "completed": 1, "failed": 0, "dlq": 0, "cancelled": 0}
     assert queue.counts() == expected
     assert queue.counts() == expected
     assert {k: (v["state"], v["attempts"]) for k, v in queue.jobs().items()} == {
