@@ -13,7 +13,7 @@ that lost its lease can never overwrite a newer attempt.
 
 import abc
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
 from queuectl.jobs import Attempt, AttemptResult, Job, JobState, QueueStats
 
@@ -86,6 +86,14 @@ class Storage(abc.ABC):
         """Record a failed last attempt and move the job to the DLQ."""
 
     @abc.abstractmethod
+    def expired_claims(self, now: float) -> List[Job]:
+        """Claims whose lease ran out before ``now`` (read only).
+
+        The reaper looks at these first, to stop what is left of their runs
+        before ``reap_expired`` makes the jobs claimable again.
+        """
+
+    @abc.abstractmethod
     def reap_expired(self, now: float, retry_at: Callable[[Job], Optional[float]]) -> List[Job]:
         """Fail the attempts whose lease ran out (their worker is gone).
 
@@ -100,6 +108,10 @@ class Storage(abc.ABC):
 
         None as well while the queue is paused: nothing will become due.
         """
+
+    @abc.abstractmethod
+    def running_attempt_ids(self) -> Set[int]:
+        """Ids of the attempts still held by a claim (their log files are in use)."""
 
     # --- operators ---------------------------------------------------------
 

@@ -186,6 +186,12 @@ SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'processing' AND lease_expires_at <
 # any_expired: cheap read-only check before taking the write lock to reap.
 SQL_ANY_EXPIRED = "SELECT 1 FROM jobs WHERE state = 'processing' AND lease_expires_at < ? LIMIT 1"
 
+# running_attempts: attempts of claims still open (their output files are in use).
+SQL_RUNNING_ATTEMPTS = """
+SELECT a.id FROM jobs j JOIN attempts a ON a.job_seq = j.seq AND a.number = j.attempts
+ WHERE j.state = 'processing' AND a.finished_at IS NULL
+"""
+
 # next_due: the earliest time a waiting job becomes claimable (none while paused).
 SQL_NEXT_DUE = f"SELECT min(next_run_at) FROM jobs WHERE state IN ('pending', 'failed') AND {NOT_PAUSED}"
 
@@ -539,6 +545,10 @@ class SqliteStorage(Storage):
         job.exit_code, job.error_message = result.exit_code, result.error_message
         return True
 
+    def expired_claims(self, now):
+        with self._errors():
+            return [_job_from_row(row) for row in self._conn.execute(SQL_EXPIRED, (now,))]
+
     def reap_expired(self, now, retry_at):
         with self._errors():
             if self._scalar(SQL_ANY_EXPIRED, (now,)) is None:
@@ -569,6 +579,10 @@ class SqliteStorage(Storage):
     def next_due_at(self):
         with self._errors():
             return self._scalar(SQL_NEXT_DUE)
+
+    def running_attempt_ids(self):
+        with self._errors():
+            return {row[0] for row in self._conn.execute(SQL_RUNNING_ATTEMPTS)}
 
     # --- operators ---------------------------------------------------------
 
