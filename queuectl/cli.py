@@ -238,13 +238,13 @@ def worker_run(app, burst, log_file):
     """Run one worker in the foreground.
 
     Logs each job to the console. Ctrl+C (or SIGTERM) finishes the current job,
-    then exits; a second Ctrl+C stops the current job too.
+    then exits 0; a second Ctrl+C stops the current job too (recorded as a
+    failed attempt) and exits 130.
     """
     from queuectl.worker import Worker
 
     _configure_logging(log_file)
-    Worker(app.home, app.storage(durable=False), burst=burst).run()
-    return 0
+    return Worker(app.home, app.storage(durable=False), burst=burst).run()
 
 
 def _configure_logging(log_file):

@@ -16,6 +16,11 @@ queue print nothing, and creating two files per job was the largest cost
 of running one (file creation waits on the file system journal). A
 grandchild still writing after the shell exited keeps writing to the renamed
 file, so its output stays with its own attempt.
+
+Every process of a run carries the run's claim token in its environment
+(``QUEUECTL_CLAIM``). A worker killed with SIGKILL can't take its job's tree
+down with it; whoever reaps the lost claim later finds what is left of the
+run by that token and stops it before the job may run again.
 """
 
 import os
@@ -31,6 +36,10 @@ from queuectl.jobs import OUTPUT_TAIL_BYTES, format_seconds, summarize_failure
 
 # After SIGTERM, how long the tree gets to exit before SIGKILL.
 KILL_GRACE_SECONDS = 2.0
+# The environment variable that ties a process to the claim it runs for.
+CLAIM_ENV = "QUEUECTL_CLAIM"
+# How long stop_claimed keeps looking for stragglers after SIGKILL.
+KILL_GIVE_UP_SECONDS = 5.0
 IS_WINDOWS = sys.platform == "win32"
 
 
@@ -139,14 +148,20 @@ def run_command(
     tick: Optional[Tick] = None,
     tick_interval=1.0,
     wake_fds: Sequence[int] = (),
+    claim=None,
     clock=time.monotonic,
 ):
-    """Run ``command`` to its end and describe how it ended."""
+    """Run ``command`` to its end and describe how it ended.
+
+    ``claim`` (a claim token) marks every process of the run, for ``stop_claimed``.
+    """
     started = clock()
     full_env = None
-    if env:
+    if env or claim:
         full_env = dict(os.environ)
-        full_env.update(env)
+        full_env.update(env or {})
+        if claim:
+            full_env[CLAIM_ENV] = claim
     stdout.prepare()
     stderr.prepare()
     try:
@@ -164,6 +179,8 @@ def run_command(
         if exc.filename:
             detail = f"{detail}: {exc.filename}"
         return RunResult(start_error=detail, duration=clock() - started)
+    except ValueError as exc:  # e.g. a NUL byte in an environment value
+        return RunResult(start_error=str(exc), duration=clock() - started)
 
     result = RunResult()
     waiter = _ChildWaiter(proc)
@@ -279,3 +296,53 @@ def _signal_group(pgid, signum):
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def stop_claimed(tokens, grace=KILL_GRACE_SECONDS):
+    """Stop every process still running for one of these claims, on this host.
+
+    The processes are found by their ``CLAIM_ENV`` marker, so this reaches
+    the orphaned tree of a worker that died, wherever it was reparented.
+    SIGTERM first; SIGKILL after ``grace``. The scan repeats until nothing
+    is left, catching children forked while we were signalling. Returns the
+    tokens whose claims still had processes.
+    """
+    import psutil
+
+    wanted = set(tokens)
+    found = set()
+    if not wanted:
+        return found
+    kill_at = time.monotonic() + grace
+    give_up_at = kill_at + KILL_GIVE_UP_SECONDS
+    while time.monotonic() < give_up_at:
+        procs = _claimed_processes(psutil, wanted)
+        if not procs:
+            break
+        found.update(procs.values())
+        signum = signal.SIGTERM if time.monotonic() < kill_at else getattr(signal, "SIGKILL", signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.send_signal(signum)
+            except psutil.Error:
+                pass
+        psutil.wait_procs(list(procs), timeout=0.1)
+    return found
+
+
+def _claimed_processes(psutil, tokens):
+    """{process: token} for live processes whose environment names one of ``tokens``."""
+    me = os.getpid()
+    found = {}
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            # A zombie's environment reads as empty: it can no longer run.
+            token = proc.environ().get(CLAIM_ENV)
+        except psutil.Error:
+            continue
+        if token in tokens:
+            found[proc] = token
+    return found
+

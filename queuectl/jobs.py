@@ -113,6 +113,15 @@ class Job:
     def is_exhausted(self):
         return self.attempts >= self.attempt_limit
 
+    @property
+    def claim_token(self):
+        """Names this claim (job, attempt, worker, claim time) for as long as it runs.
+
+        The worker marks the job's processes with it, so whoever reaps the
+        claim later can find a run that outlived its worker.
+        """
+        return f"{self.seq}:{self.attempts}:{self.worker_id}:{self.started_at:.6f}"
+
     def to_dict(self):
         """A JSON-ready dict: ISO-8601 UTC times, the state as its string."""
         data = asdict(self)

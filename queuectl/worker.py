@@ -20,10 +20,12 @@ One iteration, in order:
    requested, steps 2-3 for the next job happen in the same transaction, so
    a busy worker commits once per job.
 
-Signals only set flags and wake the loop; a first SIGINT/SIGTERM lets the
-current job finish, a second stops it (whole tree) and records that attempt
-as failed. Unexpected errors are logged with their traceback and the loop
-carries on.
+Signals only set flags and wake the loop; SIGINT or SIGTERM lets the
+current job finish, then the worker exits 0. A second SIGINT (Ctrl+C
+twice) stops the job's whole tree, records that attempt as failed, and the
+worker exits 130. SIGTERM never escalates: ``worker stop`` run twice must
+still be graceful (``--force`` is the way to cut jobs short). Unexpected
+errors are logged with their traceback and the loop carries on.
 """
 
 import logging
@@ -78,7 +80,10 @@ class Worker:
     # --- lifecycle ---------------------------------------------------------
 
     def run(self):
-        """Work until stopped (or, in burst mode, until nothing is due)."""
+        """Work until stopped (or, in burst mode, until nothing is due).
+
+        Returns the exit status: 0, or 130 when a second Ctrl+C cut a job short.
+        """
         os.makedirs(self.home.logs_dir, exist_ok=True)
         spool = os.path.join(self.home.logs_dir, f".{self.worker_id}")
         self._spools = (executor.Spool(spool + ".out"), executor.Spool(spool + ".err"))
@@ -112,6 +117,7 @@ class Worker:
                 spool.close()
             self._restore_signal_handlers()
         logger.info("Worker %s stopped", self.worker_id)
+        return 130 if self.abort_requested else 0
 
     def _claim(self):
         """Reap lost claims (at most once a second), then claim the next due job."""
@@ -163,11 +169,12 @@ class Worker:
             stdout_dest=base + ".out",
             stderr_dest=base + ".err",
             cwd=job.cwd,
-            env=job.env,
+            env=dict(job.env, QUEUECTL_JOB_ID=job.id, QUEUECTL_ATTEMPT=str(job.attempts)),
             timeout=timeout or None,
             tick=tick,
             tick_interval=max(0.05, min(CLAIM_CHECK_SECONDS, lease / 3)),
             wake_fds=[self._signal_r] if self._signal_r is not None else [],
+            claim=job.claim_token,
         )
         # Recording this outcome and claiming the next job share one commit.
         with self.storage.batch():
@@ -228,6 +235,17 @@ class Worker:
         return retry_delay(job.attempts, settings["backoff_base"], settings["backoff_max_delay"])
 
     def _reap(self, settings, now):
+        expired = self.storage.expired_claims(now)
+        if not expired:
+            return
+        # A worker killed with SIGKILL leaves its job's tree running (the job
+        # has a session of its own). Stop what is left of those runs before
+        # the jobs become claimable again, so two runs never overlap.
+        leftovers = executor.stop_claimed([job.claim_token for job in expired])
+        for job in expired:
+            if job.claim_token in leftovers:
+                logger.warning("Stopped the orphaned run of job %s (attempt %d) left by worker %s", job.id, job.attempts, job.worker_id)
+
         def retry_at(job):
             return None if job.is_exhausted else now + self._retry_delay(job, settings)
 
@@ -315,10 +333,9 @@ class Worker:
     def _on_signal(self, signum, frame):
         # Only flags here (logging from a handler can interleave with the
         # loop's own logging); the loop acts on them at a safe point.
-        if self.stop_requested:
+        if self.stop_requested and signum == signal.SIGINT:
             self.abort_requested = True
-        else:
-            self.stop_requested = True
+        self.stop_requested = True
 
 
 def _drain(fd):
