@@ -97,13 +97,18 @@ def identify_worker(pid, create_time):
 
 
 def _candidates(home, storage):
-    """Every recorded worker of this queue on this host: {pid: create_time}."""
-    found = {e["pid"]: e["create_time"] for e in read_pidfile(home)}
+    """Every recorded worker of this queue on this host, as (pid, create_time) pairs.
+
+    workers.pid and the registry may disagree about a PID (a stale file entry
+    for a PID that a registered worker now has); each record is checked on
+    its own, so a wrong one can't hide the right one.
+    """
+    found = {(e["pid"], e["create_time"]) for e in read_pidfile(home)}
     here = socket.gethostname()
     for row in storage.list_workers():
-        if row["hostname"] == here and found.get(row["pid"]) is None:
-            found[row["pid"]] = row["process_started_at"]
-    return found
+        if row["hostname"] == here:
+            found.add((row["pid"], row["process_started_at"]))
+    return sorted(found, key=lambda pair: (pair[0], pair[1] is None, pair[1] or 0))
 
 
 def live_workers(home, storage):
@@ -189,12 +194,14 @@ def stop_workers(home, storage, timeout, force):
     """Gracefully stop every live worker of this queue on this host."""
     report = StopReport()
     live = {}
-    for pid, create_time in sorted(_candidates(home, storage).items()):
+    unproven = set()
+    for pid, create_time in _candidates(home, storage):
         proc = identify_worker(pid, create_time)
         if proc is None:
-            report.stale.append(pid)
+            unproven.add(pid)
         else:
             live[pid] = proc
+    report.stale = sorted(unproven - set(live))
     _forget(home, storage, report.stale)
 
     for pid, proc in live.items():
@@ -203,7 +210,7 @@ def stop_workers(home, storage, timeout, force):
             report.stopping.append(pid)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs([live[pid] for pid in report.stopping], timeout=timeout)
+    alive = _wait_exited([live[pid] for pid in report.stopping], timeout)
 
     for proc in alive:
         if force:
@@ -213,6 +220,29 @@ def stop_workers(home, storage, timeout, force):
             report.still_running.append(proc.pid)
     _forget(home, storage, [pid for pid in report.stopping if pid not in report.still_running])
     return report
+
+
+def _wait_exited(procs, timeout):
+    """Wait up to ``timeout`` for ``procs`` to exit; returns those still running.
+
+    An exited worker stays a zombie until its parent reaps it, and a parent
+    may never do so (PID 1 in many containers, a script that started `worker
+    run`), so a zombie counts as exited; psutil.wait_procs would wait on it.
+    """
+    deadline = time.monotonic() + timeout
+    running = list(procs)
+    while True:
+        running = [proc for proc in running if _is_running(proc)]
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+
+def _is_running(proc):
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _kill_worker_tree(proc):
@@ -228,9 +258,9 @@ def _kill_worker_tree(proc):
             pass
     try:
         proc.kill()
-        proc.wait(5)
     except psutil.NoSuchProcess:
-        pass
+        return
+    _wait_exited([proc], 5)
 
 
 def _forget(home, storage, pids):
