@@ -1,0 +1,401 @@
+"""Fault injection: each test breaks something on purpose and checks the promise
+that should survive it. Real worker processes, real signals, real SQLite.
+
+Timing comes from small ``lease_seconds`` / ``poll_interval`` settings and
+deadline polling (``wait_for``); no test sleeps for a fixed time.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from conftest import wait_for
+from queuectl import config as config_mod
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and shells")
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def configure(queue, **values):
+    """Fast settings for fault tests: short leases, quick polling, immediate retries."""
+    settings = dict(lease_seconds=1, poll_interval=0.1, backoff_base=1, backoff_max_delay=0)
+    settings.update(values)
+    for key, value in settings.items():
+        config_mod.set_value(queue.home, key, value)
+
+
+def is_gone(pid):
+    """True once ``pid`` has exited (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def processes_of_job(job_id):
+    """Live processes started for ``job_id`` (workers mark their jobs' environment)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("QUEUECTL_JOB_ID") == job_id and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+def kill_job_processes(job_id):
+    for proc in processes_of_job(job_id):
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def read(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return ""
+
+
+def attempts_of(queue, job_id):
+    """The attempt history of a job, straight from storage."""
+    from queuectl.storage import open_storage
+
+    with open_storage(queue.home) as storage:
+        return storage.attempts(job_id)
+
+
+def rss_sampler(pid, stop, samples):
+    while not stop.is_set():
+        try:
+            samples.append(psutil.Process(pid).memory_info().rss)
+        except psutil.NoSuchProcess:
+            return
+        stop.wait(0.02)
+
+
+# --- crash recovery --------------------------------------------------------------
+
+
+def test_sigkilled_worker_job_reruns_on_another_worker_without_overlap(queue, tmp_path):
+    configure(queue)
+    marks, first_run = tmp_path / "marks", tmp_path / "first-run"
+    # Each run writes start, a tick every 0.1 s, then end, all tagged with its
+    # PID. The first run is long (it will be orphaned), later ones short.
+    queue.enqueue(
+        id="crash",
+        command=(
+            f'n=5; [ -e {first_run} ] || {{ touch {first_run}; n=100; }}; '
+            f'echo "start $$" >> {marks}; i=0; '
+            f'while [ $i -lt $n ]; do echo "tick $$" >> {marks}; sleep 0.1; i=$((i+1)); done; '
+            f'echo "end $$" >> {marks}'
+        ),
+        max_retries=3,
+    )
+    first = queue.start_worker()
+    wait_for(lambda: "tick" in read(marks), what="the job to start on the first worker")
+    first.send_signal(signal.SIGKILL)
+    first.wait(5)
+
+    second = queue.start_worker()
+    job = queue.wait_state("crash", "completed", timeout=20)
+    assert job
+
+    job = queue.job("crash")
+    assert job["attempts"] == 2
+    assert job["worker_id"] == f"worker-{second.pid}"
+    history = attempts_of(queue, "crash")
+    assert [a.number for a in history] == [1, 2]
+    assert history[0].error_message == f"Worker worker-{first.pid} was lost (lease expired)"
+    assert history[1].error_message is None
+
+    # No overlap: once the second run has started, the first run writes nothing more.
+    lines = [line.split() for line in read(marks).splitlines()]
+    starts = [i for i, (word, _) in enumerate(lines) if word == "start"]
+    assert len(starts) == 2
+    first_pid, second_pid = lines[starts[0]][1], lines[starts[1]][1]
+    assert first_pid != second_pid
+    assert all(pid == second_pid for _, pid in lines[starts[1]:]), "the orphaned first run kept running"
+    assert ["end", second_pid] in lines
+    assert ["end", first_pid] not in lines
+    log = queue.log_of(second)
+    assert "Stopped the orphaned run of job crash (attempt 1)" in log
+    assert "lost its worker" in log
+
+
+def test_slow_job_keeps_its_lease_while_its_worker_lives(queue, tmp_path):
+    configure(queue, lease_seconds=0.5)
+    marks = tmp_path / "marks"
+    # Runs for about eight leases; two idle workers are ready to steal it.
+    queue.enqueue(id="slow", command=f'echo "start $$" >> {marks}; sleep 4; echo "end $$" >> {marks}')
+    workers = [queue.start_worker() for _ in range(3)]
+    queue.wait_state("slow", "completed", timeout=20)
+
+    job = queue.job("slow")
+    assert job["attempts"] == 1
+    assert [line.split()[0] for line in read(marks).splitlines()] == ["start", "end"]
+    (attempt,) = attempts_of(queue, "slow")
+    assert attempt.error_message is None
+    for proc in workers:
+        assert "lost its worker" not in queue.log_of(proc)
+        assert "taken from worker" not in queue.log_of(proc)
+
+
+# --- contention ------------------------------------------------------------------
+
+
+def test_four_workers_drain_2000_jobs_each_exactly_once(queue, tmp_path):
+    configure(queue, lease_seconds=30)
+    ids_file = tmp_path / "ids"
+    total = 2000
+    batch = "\n".join(
+        json.dumps({"id": f"j{i}", "command": f"echo j{i} >> {ids_file}"}) for i in range(total)
+    )
+    queue.run("enqueue", "-f", "-", input=batch)
+
+    started = time.monotonic()
+    out = queue.run("worker", "start", "--count", "4").stdout
+    pids = json.loads(out.splitlines()[1].split(":", 1)[1])
+    wait_for(
+        lambda: queue.counts()["completed"] == total,
+        timeout=90,
+        interval=0.25,
+        what="all 2000 jobs to complete",
+    )
+    drained = time.monotonic() - started
+
+    lines = read(ids_file).split()
+    assert len(lines) == total, f"{len(lines)} runs for {total} jobs"
+    assert set(lines) == {f"j{i}" for i in range(total)}
+    counts = queue.counts()
+    assert counts == {"pending": 0, "processing": 0, "completed": total, "failed": 0, "dlq": 0}
+    assert all(job["attempts"] == 1 for job in queue.jobs().values())
+    assert all(not is_gone(pid) for pid in pids), "a worker died while draining"
+    log = read(os.path.join(queue.path, "workers.log"))
+    assert "locked" not in log.lower()
+    assert "Traceback" not in log and "ERROR" not in log
+    assert queue.run("worker", "stop").stdout.endswith("All workers stopped successfully\n")
+    print(f"drained {total} jobs with 4 workers in {drained:.1f}s")
+    assert drained < 60
+
+
+def test_many_processes_opening_a_fresh_queue_at_once(queue):
+    # Creating the schema and switching to WAL race between first users.
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "queuectl", "enqueue", json.dumps({"id": f"first-{i}", "command": "true"})],
+            env=dict(os.environ, QUEUECTL_HOME=queue.path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    results = [proc.communicate(timeout=60) + (proc.returncode,) for proc in procs]
+    assert all(code == 0 for _, _, code in results), results
+    assert all(err == "" for _, err, _ in results), results
+    assert sorted(queue.jobs()) == sorted(f"first-{i}" for i in range(8))
+
+
+# --- timeouts and process trees -----------------------------------------------------
+
+
+def test_timeout_kills_the_whole_tree(queue, tmp_path):
+    configure(queue)
+    shell_pid = tmp_path / "shell.pid"
+    queue.enqueue(id="tree", command=f"echo $$ > {shell_pid}; sleep 30 & sleep 30; wait", timeout=1, max_retries=1)
+    queue.start_worker()
+
+    pid = int(wait_for(lambda: read(shell_pid).strip(), what="the job's shell to start"))
+    tree = wait_for(
+        lambda: [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)] if len(psutil.Process(pid).children()) == 2 else None,
+        timeout=5,
+        what="both sleeps to start",
+    )
+    started = time.monotonic()
+    job = wait_for(lambda: queue.jobs()["tree"]["state"] == "dlq" and queue.job("tree"), timeout=10, what="the timed-out job to reach the DLQ")
+    wait_for(lambda: all(is_gone(p) for p in tree), timeout=5, what=f"every process of the tree {tree} to exit")
+    assert time.monotonic() - started < 5
+    assert job["error_message"] == "Timed out after 1s"
+    assert processes_of_job("tree") == []
+
+
+def test_background_grandchild_does_not_hold_the_worker(queue):
+    configure(queue)
+    queue.enqueue(id="bg", command="(sleep 60 &) ; echo done")
+    queue.start_worker()
+    try:
+        queue.wait_state("bg", "completed", timeout=10)
+        (attempt,) = attempts_of(queue, "bg")
+        assert attempt.finished_at - attempt.started_at < 2
+        assert attempt.stdout_tail == "done\n"
+    finally:
+        kill_job_processes("bg")
+
+
+def test_job_that_kills_itself_records_the_signal(queue):
+    configure(queue)
+    queue.enqueue(id="suicide", command="kill -9 $$", max_retries=1)
+    queue.start_worker()
+    queue.wait_state("suicide", "dlq")
+    job = queue.job("suicide")
+    assert job["error_message"] == "Killed by signal 9"
+    assert job["exit_code"] is None
+
+
+# --- signals to `worker run` -------------------------------------------------------
+
+
+def test_one_sigint_lets_the_current_job_finish_then_exits_0(queue, tmp_path):
+    configure(queue)
+    started, release = tmp_path / "started", tmp_path / "release"
+    queue.enqueue(id="finish-me", command=f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done; echo finished")
+    queue.enqueue(id="next", command="echo next")
+    worker = queue.start_worker()
+    wait_for(started.exists, what="the job to start")
+
+    worker.send_signal(signal.SIGINT)
+    wait_for(lambda: "Stop requested" in queue.log_of(worker), what="the worker to acknowledge the stop")
+    release.touch()
+    assert worker.wait(10) == 0
+
+    job = queue.job("finish-me")
+    assert job["state"] == "completed" and job["attempts"] == 1
+    assert queue.job("next")["state"] == "pending", "a stopping worker must not claim another job"
+
+
+def test_second_sigint_stops_the_job_tree_and_records_a_failed_attempt(queue, tmp_path):
+    configure(queue, backoff_base=2, backoff_max_delay=300)
+    child_pid = tmp_path / "child.pid"
+    queue.enqueue(id="cut", command=f"sleep 60 & echo $! > {child_pid}; wait", max_retries=3)
+    worker = queue.start_worker()
+    pid = int(wait_for(lambda: read(child_pid).strip(), what="the job's child to start"))
+
+    worker.send_signal(signal.SIGINT)
+    wait_for(lambda: "Stop requested" in queue.log_of(worker), what="the first SIGINT to be handled")
+    worker.send_signal(signal.SIGINT)
+    code = worker.wait(10)
+
+    assert code == 130
+    wait_for(lambda: is_gone(pid), timeout=5, what="the job's child to be killed")
+    job = queue.job("cut")
+    assert job["state"] == "failed" and job["attempts"] == 1
+    assert job["error_message"] == "Stopped: worker was interrupted"
+    (attempt,) = attempts_of(queue, "cut")
+    assert attempt.finished_at is not None
+    assert "Job cut will retry in 2s" in queue.log_of(worker)
+
+
+def test_repeated_sigterm_stays_graceful(queue, tmp_path):
+    # `worker stop` sends SIGTERM; running it twice must not cut the job short.
+    configure(queue)
+    started, release = tmp_path / "started", tmp_path / "release"
+    queue.enqueue(id="steady", command=f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done")
+    worker = queue.start_worker()
+    wait_for(started.exists, what="the job to start")
+    worker.send_signal(signal.SIGTERM)
+    wait_for(lambda: "Stop requested" in queue.log_of(worker), what="the first SIGTERM to be handled")
+    worker.send_signal(signal.SIGTERM)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.poll() is None
+    release.touch()
+    assert worker.wait(10) == 0
+    assert queue.job("steady")["state"] == "completed"
+
+
+# --- safe stop ---------------------------------------------------------------------
+
+
+def test_stop_leaves_an_unrelated_process_named_in_workers_pid_alone(queue):
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        entry = {"pid": bystander.pid, "create_time": psutil.Process(bystander.pid).create_time()}
+        with open(queue.home.pidfile_path, "w") as handle:
+            json.dump({"workers": [entry]}, handle)
+
+        result = queue.run("worker", "stop", "--timeout", "1")
+
+        assert bystander.poll() is None, "worker stop signalled a process that is not a queuectl worker"
+        assert f"Removed stale entry for PID {bystander.pid}" in result.stderr
+        assert result.stdout == "No workers running\n"
+        assert json.loads(read(queue.home.pidfile_path))["workers"] == []
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_stop_treats_a_reused_pid_of_another_worker_as_stale(queue):
+    # Same command line as a worker, wrong start time: the PID was reused.
+    other = queue.start_worker()
+    wait_for(lambda: "started" in queue.log_of(other), what="the worker to start")
+    entry = {"pid": other.pid, "create_time": psutil.Process(other.pid).create_time() - 1000}
+    with open(queue.home.pidfile_path, "w") as handle:
+        json.dump({"workers": [entry]}, handle)
+    # The registry knows the real worker, so stop still finds it by identity.
+    result = queue.run("worker", "stop", "--timeout", "10")
+    assert other.wait(10) == 0
+    assert f"Stopping 1 worker(s): [{other.pid}]" in result.stdout
+
+
+def test_concurrent_starts_add_workers_and_keep_workers_pid_consistent(queue):
+    configure(queue)
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-m", "queuectl", "worker", "start", "--count", "2"],
+            env=dict(os.environ, QUEUECTL_HOME=queue.path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [proc.communicate(timeout=60) for proc in starts]
+    assert all(proc.returncode == 0 for proc in starts), outputs
+    announced = sorted(pid for out, _ in outputs for pid in json.loads(out.splitlines()[1].split(":", 1)[1]))
+
+    queue.run("worker", "start", "--count", "1")  # a later start adds to them
+    entries = json.loads(read(queue.home.pidfile_path))["workers"]
+    recorded = sorted(entry["pid"] for entry in entries)
+    assert len(recorded) == 7 and set(announced) <= set(recorded)
+    assert all(entry["create_time"] == pytest.approx(psutil.Process(entry["pid"]).create_time(), abs=0.5) for entry in entries)
+    status = json.loads(queue.run("status", "--json").stdout)
+    assert sorted(status["workers"]["pids"]) == recorded
+
+    result = queue.run("worker", "stop", "--timeout", "10")
+    assert f"Stopping 7 worker(s)" in result.stdout
+    assert all(is_gone(pid) for pid in recorded)
+    assert json.loads(read(queue.home.pidfile_path))["workers"] == []
+
+
+def test_force_stop_kills_the_job_and_the_lease_brings_it_back(queue, tmp_path):
+    configure(queue)
+    child_pid, runs = tmp_path / "child.pid", tmp_path / "runs"
+    queue.enqueue(
+        id="stuck",
+        command=f'echo run >> {runs}; if [ ! -e {child_pid} ]; then sleep 60 & echo $! > {child_pid}; wait; fi',
+        max_retries=3,
+    )
+    queue.run("worker", "start", "--count", "1")
+    pid = int(wait_for(lambda: read(child_pid).strip(), what="the job's child to start"))
+
+    result = queue.run("worker", "stop", "--timeout", "0.5", "--force")
+    assert "Force-killed 1 worker(s)" in result.stdout
+    wait_for(lambda: is_gone(pid), timeout=5, what="the job's child to be killed with its worker")
+    assert queue.job("stuck")["state"] == "processing"
+
+    queue.start_worker()
+    queue.wait_state("stuck", "completed", timeout=15)
+    assert read(runs).split() == ["run", "run"]
+    assert queue.job("stuck")["attempts"] == 2
