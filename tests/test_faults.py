@@ -180,7 +180,7 @@ def test_four_workers_drain_2000_jobs_each_exactly_once(queue, tmp_path):
     assert len(lines) == total, f"{len(lines)} runs for {total} jobs"
     assert set(lines) == {f"j{i}" for i in range(total)}
     counts = queue.counts()
-    assert counts == {"pending": 0, "processing": 0, "completed": total, "failed": 0, "dlq": 0}
+    assert counts["completed"] == total and sum(counts.values()) == total
     assert all(job["attempts"] == 1 for job in queue.jobs().values())
     assert all(not is_gone(pid) for pid in pids), "a worker died while draining"
     log = read(os.path.join(queue.path, "workers.log"))
