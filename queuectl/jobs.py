@@ -124,13 +124,28 @@ class Job:
 
     def to_dict(self):
         """A JSON-ready dict: ISO-8601 UTC times, the state as its string."""
-        data = asdict(self)
-        data["state"] = self.state.value
-        for key in TIME_FIELDS:
-            data[key] = format_iso(data[key])
-        data.pop("attempt_id")
-        data.pop("seq")
-        return data
+        # Spelled out rather than asdict(), whose deep copy made `list --json`
+        # of 100,000 jobs several times slower.
+        return {
+            "id": self.id,
+            "command": self.command,
+            "max_retries": self.max_retries,
+            "created_at": format_iso(self.created_at),
+            "next_run_at": format_iso(self.next_run_at),
+            "state": self.state.value,
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "timeout": self.timeout,
+            "cwd": self.cwd,
+            "env": dict(self.env),
+            "updated_at": format_iso(self.updated_at),
+            "started_at": format_iso(self.started_at),
+            "finished_at": format_iso(self.finished_at),
+            "worker_id": self.worker_id,
+            "lease_expires_at": format_iso(self.lease_expires_at),
+            "exit_code": self.exit_code,
+            "error_message": self.error_message,
+        }
 
 
 TIME_FIELDS = (

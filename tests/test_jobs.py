@@ -1,16 +1,20 @@
 """Job specs, states, time parsing and the backoff schedule (pure, no I/O)."""
 
+from dataclasses import fields
 from datetime import datetime, timezone
 
 import pytest
 
 from queuectl.errors import ValidationError
 from queuectl.jobs import (
+    Job,
     JobState,
+    check_purgeable,
     parse_duration,
     parse_job_batch,
     parse_job_spec,
     parse_time,
+    percentile_rank,
     retry_delay,
     summarize_failure,
 )
@@ -155,3 +159,38 @@ class TestBatches:
         jobs = self.parse('[{"command": "x", "delay": 5}, {"command": "y"}]', priority=7, run_at="2026-12-03T10:00:00Z")
         assert {j.priority for j in jobs} == {7}
         assert {j.next_run_at for j in jobs} == {parse_time("2026-12-03T10:00:00Z")}
+
+
+def test_cancelled_state_and_its_us_spelling():
+    assert JobState.parse("cancelled") is JobState.CANCELLED
+    assert JobState.parse("canceled") is JobState.CANCELLED
+
+
+def test_only_finished_states_can_be_purged():
+    assert check_purgeable([JobState.COMPLETED, JobState.DLQ, JobState.COMPLETED]) == [JobState.COMPLETED, JobState.DLQ]
+    with pytest.raises(ValidationError, match="give --state"):
+        check_purgeable([])
+    for state in (JobState.PENDING, JobState.PROCESSING, JobState.FAILED):
+        with pytest.raises(ValidationError, match=f"cannot purge {state.value} jobs"):
+            check_purgeable([JobState.COMPLETED, state])
+
+
+def test_percentile_rank_is_nearest_rank():
+    values = list(range(1, 11))
+    assert values[percentile_rank(10, 0.50)] == 5
+    assert values[percentile_rank(10, 0.95)] == 10
+    assert percentile_rank(1, 0.5) == percentile_rank(1, 0.95) == 0
+
+
+def test_to_dict_shows_every_stored_field_and_nothing_internal():
+    job = spec(command="echo hi", env={"A": "1"}, delay=5)
+    job.seq, job.attempt_id = 7, 9
+    data = job.to_dict()
+    assert set(data) == {f.name for f in fields(Job)} - {"seq", "attempt_id"}
+    assert list(data) == [
+        "id", "command", "max_retries", "created_at", "next_run_at", "state", "priority", "attempts",
+        "timeout", "cwd", "env", "updated_at", "started_at", "finished_at", "worker_id",
+        "lease_expires_at", "exit_code", "error_message",
+    ]
+    assert (data["state"], data["env"], data["started_at"]) == ("pending", {"A": "1"}, None)
+    assert data["next_run_at"] == "2027-01-15T08:00:05.000+00:00"
