@@ -15,7 +15,15 @@ import click
 from queuectl import __version__
 from queuectl import config as config_mod
 from queuectl.errors import QueueCtlError, ValidationError
-from queuectl.jobs import RETRYABLE_STATES, JobState, parse_duration, parse_job_batch, parse_time
+from queuectl.jobs import (
+    LIST_SORTS,
+    RETRYABLE_STATES,
+    JobState,
+    check_purgeable,
+    parse_duration,
+    parse_job_batch,
+    parse_time,
+)
 
 # Batches bigger than this print one summary line instead of a line per job.
 SUMMARY_THRESHOLD = 20
@@ -283,20 +291,83 @@ def status(app, as_json):
         click.echo(output.render_status(counts, workers, scheduled, paused_since))
 
 
+def _sort_key(ctx, param, value):
+    key = value.strip().lower().replace("-", "_")
+    if key not in LIST_SORTS:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(LIST_SORTS)}", ctx=ctx, param=param)
+    return key
+
+
 @cli.command("list")
 @click.option("--state", "states", multiple=True, callback=_state_list, help="Only jobs in this state (repeatable; 'dead' = dlq).")
-@click.option("--limit", type=click.IntRange(1), help="Show at most N jobs.")
+@click.option("--limit", type=click.IntRange(1), help="Show at most N jobs [default: all].")
+@click.option(
+    "--sort",
+    metavar="KEY",
+    default="created",
+    show_default=True,
+    callback=_sort_key,
+    help="Order: " + "; ".join(f"{key} = {meaning}" for key, meaning in LIST_SORTS.items()) + ".",
+)
+@click.option("--reverse", is_flag=True, help="Flip the --sort order.")
 @json_option
 @pass_app
-def list_jobs(app, states, limit, as_json):
-    """List jobs, oldest first."""
+def list_jobs(app, states, limit, sort, reverse, as_json):
+    """List jobs, oldest first.
+
+    Columns: id, state, attempts, worker_id, command (shortened), created_at.
+    When a listed state holds jobs waiting for a later time (a delay, a
+    run_at, or a retry's backoff), a next_run column shows when each of
+    them runs next.
+
+    Rows are streamed from the database as they are printed, so even
+    100,000 jobs list in constant memory; `--limit` just stops early.
+    `--json` prints the same jobs, with every field, as a JSON array holding
+    one job per line.
+
+    \b
+    Examples:
+      queuectl list --state pending --state failed
+      queuectl list --sort priority --limit 20
+      queuectl list --sort updated --json
+    """
     from queuectl import output
 
-    jobs = app.storage().list_jobs(states, limit)
+    storage = app.storage()
+    jobs = storage.iter_jobs(states, limit, sort, reverse)
     if as_json:
-        output.echo_json([job.to_dict() for job in jobs])
+        output.echo_json_stream(job.to_dict() for job in jobs)
+        return
+    now = time.time()
+    with_next_run = storage.count_scheduled(now, states) > 0
+    output.echo_lines(output.iter_job_lines(jobs, now=now, with_next_run=with_next_run))
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--lines", "tail_lines", type=click.IntRange(0), default=20, show_default=True, help="Lines of each output stream to show.")
+@json_option
+@pass_app
+def show(app, job_id, tail_lines, as_json):
+    """Show every field of a job, its attempts and its latest output.
+
+    Each attempt is listed with its worker, start, end, duration, exit code
+    and error; then the tail of stdout and stderr of the latest attempt.
+    `--json` includes the stored output tail of every attempt.
+
+    \b
+    Example:
+      queuectl show job-42
+    """
+    from queuectl import output
+
+    storage = app.storage()
+    job = storage.get(job_id)
+    attempts = storage.attempts(job_id)
+    if as_json:
+        output.echo_json(output.job_detail_json(job, attempts))
     else:
-        click.echo(output.render_jobs(jobs))
+        click.echo(output.render_job_detail(job, attempts, now=time.time(), tail_lines=tail_lines))
 
 
 # --- DLQ -----------------------------------------------------------------------
@@ -392,6 +463,35 @@ def retry(app, job_id):
     storage.revive(job_id, time.time(), RETRYABLE_STATES)
     _wake_workers(storage)
     click.echo(f"Job {job_id} moved back to pending queue (attempts reset)")
+
+
+@cli.command()
+@click.option("--state", "states", multiple=True, callback=_state_list, help="Purge jobs in this state: completed, dlq or cancelled (repeatable; required).")
+@click.option("--older-than", metavar="AGE", help="Only jobs that finished more than AGE ago (e.g. 12h, 7d, 4w).")
+@pass_app
+def purge(app, states, older_than):
+    """Delete finished jobs, their attempt history and their log files.
+
+    Bounds the database's growth. Only finished jobs (completed, dlq,
+    cancelled) can be purged; --state says which. Without --older-than every
+    job in those states goes.
+
+    \b
+    Examples:
+      queuectl purge --state completed --older-than 7d
+      queuectl purge --state dlq --state cancelled
+    """
+    from queuectl import maintenance
+
+    # Check the request before the database is even opened.
+    check_purgeable(states)
+    age = None if older_than is None else parse_duration(older_than, "--older-than")
+    report = maintenance.purge(app.home, app.storage(), states, age, now=time.time())
+    names = "/".join(state.value for state in dict.fromkeys(states))
+    scope = f" older than {older_than}" if older_than is not None else ""
+    click.echo(f"Purged {report.jobs} {names} job(s){scope}; removed {report.log_files_removed} log file(s)")
+    if report.log_files_left:
+        click.echo(f"Could not remove {report.log_files_left} log file(s) in {app.home.logs_dir}", err=True)
 
 
 @cli.command()

@@ -57,6 +57,10 @@ class Home:
     def logs_dir(self):
         return os.path.join(self.path, LOGS_DIR_NAME)
 
+    def attempt_log_path(self, attempt_id, stream):
+        """Where one attempt's full ``stream`` ("out" or "err") is kept."""
+        return os.path.join(self.logs_dir, f"{attempt_id}.{stream}")
+
     def ensure(self):
         """Create the home if needed; fail with one clear line if we can't."""
         try:

@@ -51,13 +51,117 @@ def format_local(timestamp):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
+JOB_HEADERS = ["id", "state", "attempts", "worker_id", "command", "created_at"]
+# Columns whose cells are right-aligned (numbers), as tabulate aligns them.
+JOB_NUMERIC = {"attempts"}
+
+
 def render_jobs(jobs):
-    headers = ["id", "state", "attempts", "worker_id", "command", "created_at"]
-    rows = [
-        [job.id, job.state.value, job.attempts, job.worker_id or "", shorten(job.command, COMMAND_WIDTH), format_local(job.created_at)]
-        for job in jobs
-    ]
-    return _table_or_empty(rows, headers, "No jobs found")
+    rows = [_job_row(job) for job in jobs]
+    return _table_or_empty(rows, JOB_HEADERS, "No jobs found")
+
+
+def _job_row(job):
+    return [job.id, job.state.value, job.attempts, job.worker_id or "", shorten(job.command, COMMAND_WIDTH), format_local(job.created_at)]
+
+
+def iter_job_lines(jobs, *, now, with_next_run=False):
+    """The ``list`` table, line by line, from an iterator of jobs.
+
+    With ``with_next_run``, a last ``next_run`` column shows when each job
+    that waits for a later time (a delayed job, or a failed one waiting for
+    its retry) runs next.
+    """
+    headers = list(JOB_HEADERS)
+    if with_next_run:
+        headers.append("next_run")
+
+    def rows():
+        for job in jobs:
+            row = _job_row(job)
+            if with_next_run:
+                row.append(format_local(job.next_run_at) if is_waiting(job, now) else "")
+            yield row
+
+    return iter_table(headers, rows(), numeric=JOB_NUMERIC, empty_message="No jobs found")
+
+
+def is_waiting(job, now):
+    """A pending or failed job whose next run is still ahead."""
+    return job.state in (JobState.PENDING, JobState.FAILED) and job.next_run_at > now
+
+
+# How many rows fix the column widths of a streamed table.
+STREAM_BLOCK_ROWS = 500
+
+
+def iter_table(headers, rows, *, numeric=(), empty_message):
+    """Lines of a table in tabulate's "simple" format, without holding every row.
+
+    Column widths come from the first ``STREAM_BLOCK_ROWS`` rows (the whole
+    table, for most tables, so the result is exactly what tabulate prints);
+    a later cell wider than its column widens only its own line. Numeric
+    columns are right-aligned, the others left-aligned.
+    """
+    rows = iter(rows)
+    first = []
+    for row in rows:
+        first.append([str(cell) for cell in row])
+        if len(first) >= STREAM_BLOCK_ROWS:
+            break
+    if not first:
+        yield empty_message
+        return
+    right = [header in numeric for header in headers]
+    # tabulate keeps two spaces of padding around headers in this format.
+    widths = [len(header) + 2 for header in headers]
+    for row in first:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row)]
+
+    def line(cells):
+        padded = [cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(cells, widths, right)]
+        return "  ".join(padded).rstrip()
+
+    yield line(headers)
+    yield "  ".join("-" * width for width in widths)
+    for row in first:
+        yield line(row)
+    for row in rows:
+        yield line([str(cell) for cell in row])
+
+
+def echo_json_stream(items):
+    """Print an iterable as a JSON array, one compact item per line, as it comes.
+
+    One item per line (rather than ``echo_json``'s indentation) keeps JSON
+    encoding in C: 100,000 jobs print several times faster, and each line
+    can be grepped.
+    """
+
+    def pieces():
+        first = True
+        for item in items:
+            yield ("[\n  " if first else ",\n  ") + json.dumps(item, ensure_ascii=False, separators=(", ", ": "))
+            first = False
+        yield "[]\n" if first else "\n]\n"
+
+    _echo_batched(pieces())
+
+
+def echo_lines(lines):
+    """Print lines as they come, a few hundred per write (click.echo flushes each call)."""
+    _echo_batched(line + "\n" for line in lines)
+
+
+def _echo_batched(pieces, batch=STREAM_BLOCK_ROWS):
+    chunk = []
+    for piece in pieces:
+        chunk.append(piece)
+        if len(chunk) >= batch:
+            click.echo("".join(chunk), nl=False)
+            chunk = []
+    if chunk:
+        click.echo("".join(chunk), nl=False)
 
 
 def render_dlq(jobs):
@@ -110,3 +214,88 @@ def status_json(counts, workers, scheduled=0, paused_since=None):
 
 def render_config(values):
     return tabulate(sorted(values.items()), headers=["key", "value"], tablefmt="simple")
+
+
+# --- show ---------------------------------------------------------------------
+
+# The fields `show` lists, in reading order; every stored field of a job.
+DETAIL_FIELDS = (
+    "id", "state", "command", "priority", "attempts", "max_retries", "timeout", "cwd", "env",
+    "worker_id", "exit_code", "error_message", "created_at", "updated_at", "next_run_at",
+    "started_at", "finished_at", "lease_expires_at",
+)
+TIME_DETAIL_FIELDS = {"created_at", "updated_at", "next_run_at", "started_at", "finished_at", "lease_expires_at"}
+
+
+def format_duration(seconds):
+    """``0.012s``, ``4.2s``, ``3m 05s``, ``2h 07m``: short and readable."""
+    if seconds is None:
+        return ""
+    if seconds < 10:
+        return f"{seconds:.3f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def render_job_detail(job, attempts, *, now, tail_lines=20):
+    """Every field of a job, its attempt history, and the output of its last run."""
+    lines = [f"Job {job.id}", ""]
+    width = max(len(name) for name in DETAIL_FIELDS) + 2
+    for name in DETAIL_FIELDS:
+        lines.append(f"{name + ':':<{width}}{_detail_value(job, name, now)}")
+    lines += ["", f"Attempts ({len(attempts)}):"]
+    if attempts:
+        rows = [
+            [
+                attempt.number,
+                attempt.worker_id,
+                format_local(attempt.started_at),
+                format_local(attempt.finished_at) or "(running)",
+                format_duration(attempt.duration),
+                "" if attempt.exit_code is None else attempt.exit_code,
+                shorten(attempt.error_message, ERROR_WIDTH),
+            ]
+            for attempt in attempts
+        ]
+        headers = ["#", "worker", "started", "finished", "duration", "exit_code", "error"]
+        lines += ["  " + line for line in tabulate(rows, headers=headers, tablefmt="simple").splitlines()]
+    else:
+        lines.append("  (not run yet)")
+    last = attempts[-1] if attempts else None
+    if last is not None:
+        lines += ["", f"Output of attempt {last.number} (last {tail_lines} lines of each stream):"]
+        if last.finished_at is None:
+            lines.append("  (still running; the output is stored when the attempt ends)")
+        else:
+            for name, text in (("stdout", last.stdout_tail), ("stderr", last.stderr_tail)):
+                tail = text.splitlines()[-tail_lines:]
+                lines.append(f"  {name}:" + ("" if tail else " (empty)"))
+                lines += ["    " + row for row in tail]
+    return "\n".join(lines)
+
+
+def _detail_value(job, name, now):
+    value = getattr(job, name)
+    if name in TIME_DETAIL_FIELDS:
+        text = format_local(value)
+        if name == "next_run_at" and is_waiting(job, now):
+            text += f" (in {format_duration(value - now)})"
+        return text
+    if name == "state":
+        return value.value
+    if name == "attempts":
+        return f"{value} of {job.attempt_limit}"
+    if name == "env":
+        return json.dumps(value, ensure_ascii=False) if value else ""
+    if name == "timeout":
+        return "" if value is None else format_duration(value)
+    return "" if value is None else str(value)
+
+
+def job_detail_json(job, attempts):
+    return {"job": job.to_dict(), "attempts": [attempt.to_dict() for attempt in attempts]}

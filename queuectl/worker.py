@@ -143,7 +143,6 @@ class Worker:
         )
         lease = settings["lease_seconds"]
         timeout = job.timeout if job.timeout is not None else settings["job_timeout"]
-        base = os.path.join(self.home.logs_dir, str(job.attempt_id))
 
         def tick():
             if self._signal_r is not None:
@@ -166,8 +165,8 @@ class Worker:
             job.command,
             stdout=self._spools[0],
             stderr=self._spools[1],
-            stdout_dest=base + ".out",
-            stderr_dest=base + ".err",
+            stdout_dest=self.home.attempt_log_path(job.attempt_id, "out"),
+            stderr_dest=self.home.attempt_log_path(job.attempt_id, "err"),
             cwd=job.cwd,
             env=dict(job.env, QUEUECTL_JOB_ID=job.id, QUEUECTL_ATTEMPT=str(job.attempts)),
             timeout=timeout or None,

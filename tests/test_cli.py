@@ -329,6 +329,9 @@ def test_database_stays_consistent_after_refused_batches(run, home):
 # --- scheduling and control (issue 4) --------------------------------------------
 
 
+OK_RESULT = AttemptResult(True, 0, None)
+
+
 def snapshot(run):
     """Everything a user can see about the jobs, timestamps included."""
     status = json.loads(run("status", "--json").stdout)
@@ -401,3 +404,171 @@ class TestControlCommands:
     def test_enqueue_priority_option_overrides_the_json(self, run, home):
         run("enqueue", "--priority", "7", '{"id": "p", "command": "true", "priority": 1}')
         assert json.loads(run("list", "--json").stdout)[0]["priority"] == 7
+
+
+DAY = 86400.0
+
+
+class TestListing:
+    def test_next_run_column_only_when_a_listed_job_waits(self, run):
+        run("enqueue", '{"id": "now", "command": "true"}')
+        assert mask_times(run("list").stdout).splitlines()[0].split() == ["id", "state", "attempts", "worker_id", "command", "created_at"]
+        run("enqueue", "--delay", "1h", '{"id": "later", "command": "true"}')
+        lines = mask_times(run("list").stdout).splitlines()
+        assert lines[0].split()[-1] == "next_run"
+        assert lines[2].split() == ["now", "pending", "0", "true", "<time>"]
+        assert lines[3].split() == ["later", "pending", "0", "true", "<time>", "<time>"]
+        # A filter that shows no waiting job leaves the column out again.
+        assert "next_run" not in run("list", "--state", "completed", "--state", "dlq").stdout
+
+    def test_sort_reverse_limit_and_state_filters(self, run, home):
+        run("enqueue", '[{"id": "lo", "command": "true", "priority": 1}, {"id": "hi", "command": "true", "priority": 9}, {"id": "mid", "command": "true", "priority": 5}]')
+        to_dlq(home, "hi")
+
+        def ids(*args):
+            return [j["id"] for j in json.loads(run("list", "--json", *args).stdout)]
+
+        assert ids() == ["lo", "hi", "mid"]
+        assert ids("--sort", "priority") == ["hi", "mid", "lo"]
+        assert ids("--sort", "priority", "--reverse", "--limit", "2") == ["lo", "mid"]
+        assert ids("--sort", "id") == ["hi", "lo", "mid"]
+        assert ids("--sort", "next-run", "--state", "pending") == ["lo", "mid"]
+        assert ids("--state", "pending", "--state", "dead", "--sort", "updated", "--limit", "1") == ["hi"]
+
+    @pytest.mark.parametrize(
+        "args, message",
+        [
+            (["--sort", "size"], "Invalid value for '--sort': 'size' is not one of created, priority, next_run, updated, id"),
+            (["--state", "done"], "unknown state 'done'"),
+            (["--limit", "0"], "Invalid value for '--limit'"),
+        ],
+    )
+    def test_bad_options(self, run, args, message):
+        run("enqueue", '{"id": "a", "command": "true"}')
+        before = snapshot(run)
+        result = run("list", *args)
+        assert result.exit_code == 2
+        assert message in one_error_line(result)
+        assert snapshot(run) == before
+
+
+class TestShow:
+    def test_every_field_every_attempt_and_the_output_tail(self, run, home):
+        run("enqueue", '{"id": "flaky", "command": "echo hi", "max_retries": 3, "env": {"A": "1"}}')
+        now = time.time()
+        with open_storage(home) as store:
+            job = store.claim("worker-7", now + 1, 30)
+            store.retry_later(job, AttemptResult(False, 2, "Exit code 2: nope", "", "nope\n"), now + 2.5, retry_at=now + 3)
+            job = store.claim("worker-8", now + 4, 30)
+            store.complete(job, AttemptResult(True, 0, None, "line 1\nline 2\nline 3\n", ""), now + 4.25)
+        text = mask_times(run("show", "flaky").stdout)
+        lines = text.splitlines()
+        assert lines[0] == "Job flaky"
+        fields = {line.split(":")[0] for line in lines[2:20]}
+        assert fields == {
+            "id", "state", "command", "priority", "attempts", "max_retries", "timeout", "cwd", "env", "worker_id",
+            "exit_code", "error_message", "created_at", "updated_at", "next_run_at", "started_at", "finished_at",
+            "lease_expires_at",
+        }
+        assert "state:            completed" in lines
+        assert "attempts:         2 of 3" in lines
+        assert 'env:              {"A": "1"}' in lines
+        assert "Attempts (2):" in lines
+        attempt_rows = [line.split() for line in lines if re.match(r"\s+[12]\s+worker-", line)]
+        assert attempt_rows == [
+            ["1", "worker-7", "<time>", "<time>", "1.500s", "2", "Exit", "code", "2:", "nope"],
+            ["2", "worker-8", "<time>", "<time>", "0.250s", "0"],
+        ]
+        assert text.endswith(
+            "Output of attempt 2 (last 20 lines of each stream):\n"
+            "  stdout:\n    line 1\n    line 2\n    line 3\n"
+            "  stderr: (empty)\n"
+        )
+        assert run("show", "flaky", "--lines", "1").stdout.endswith("  stdout:\n    line 3\n  stderr: (empty)\n")
+
+    def test_json_has_the_job_and_each_attempt(self, run, home):
+        run("enqueue", '{"id": "a", "command": "true"}')
+        assert json.loads(run("show", "a", "--json").stdout) == {
+            "job": json.loads(run("list", "--json").stdout)[0],
+            "attempts": [],
+        }
+        with open_storage(home) as store:
+            store.complete(store.claim("w", time.time(), 30), AttemptResult(True, 0, None, "out", "err"), time.time())
+        [attempt] = json.loads(run("show", "a", "--json").stdout)["attempts"]
+        assert (attempt["number"], attempt["worker_id"], attempt["stdout_tail"], attempt["stderr_tail"]) == (1, "w", "out", "err")
+        assert attempt["duration_seconds"] >= 0
+
+    def test_a_waiting_job_says_when_it_runs(self, run):
+        run("enqueue", "--delay", "2h", '{"id": "later", "command": "true"}')
+        text = run("show", "later").stdout
+        assert re.search(r"^next_run_at: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(in (1h 59m|2h 00m)\)$", text, re.M)
+        assert "Attempts (0):\n  (not run yet)" in text
+
+    def test_unknown_id(self, run):
+        result = run("show", "ghost")
+        assert result.exit_code == 1
+        assert one_error_line(result) == "Error: job 'ghost' not found"
+
+
+class TestPurge:
+    @pytest.fixture
+    def built(self, run, home):
+        """Jobs finished 10 days and 1 hour ago, in each final state, plus live ones; every attempt has log files."""
+        names = ["done-old", "done-new", "dead-old", "cancelled-old", "running", "waiting"]
+        run("enqueue", json.dumps([{"id": name, "command": "true"} for name in names]))
+        now = time.time()
+        with open_storage(home) as store:
+            # Claimed now (the jobs are due from now on), finished in the past.
+            store.complete(store.claim("w", now + 1, 30), OK_RESULT, now - 10 * DAY)
+            store.complete(store.claim("w", now + 1, 30), OK_RESULT, now - 3600)
+            store.bury(store.claim("w", now + 1, 30), AttemptResult(False, 1, "Exit code 1"), now - 10 * DAY)
+            store.cancel("cancelled-old", now - 10 * DAY)
+            store.claim("w", now + 1, 30)
+            attempts = {name: [a.id for a in store.attempts(name)] for name in names}
+        os.makedirs(home.logs_dir, exist_ok=True)
+        for ids in attempts.values():
+            for attempt_id in ids:
+                for stream in ("out", "err"):
+                    open(home.attempt_log_path(attempt_id, stream), "w").close()
+        return attempts
+
+    def logs_of(self, home, attempts, name):
+        return [os.path.exists(home.attempt_log_path(i, s)) for i in attempts[name] for s in ("out", "err")]
+
+    def test_removes_exactly_what_it_says(self, run, home, built):
+        result = run("purge", "--state", "completed", "--older-than", "7d")
+        assert result.stdout == "Purged 1 completed job(s) older than 7d; removed 2 log file(s)\n"
+        assert job_ids(home) == ["done-new", "dead-old", "cancelled-old", "running", "waiting"]
+        assert self.logs_of(home, built, "done-old") == [False, False]
+        assert self.logs_of(home, built, "done-new") == [True, True]
+
+        result = run("purge", "--state", "dead", "--state", "cancelled")
+        assert result.stdout == "Purged 2 dlq/cancelled job(s); removed 2 log file(s)\n"
+        assert job_ids(home) == ["done-new", "running", "waiting"]
+        assert self.logs_of(home, built, "dead-old") == [False, False]
+        assert self.logs_of(home, built, "running") == [True, True]
+
+        assert run("purge", "--state", "completed", "--older-than", "2h").stdout == (
+            "Purged 0 completed job(s) older than 2h; removed 0 log file(s)\n"
+        )
+        assert run("purge", "--state", "completed").stdout == "Purged 1 completed job(s); removed 2 log file(s)\n"
+        assert job_ids(home) == ["running", "waiting"]
+
+    @pytest.mark.parametrize(
+        "args, message",
+        [
+            ([], "give --state (completed, dlq or cancelled) to say which jobs to purge"),
+            (["--state", "pending"], "cannot purge pending jobs: only finished jobs (completed, dlq, cancelled) can be purged"),
+            (["--state", "completed", "--state", "processing"], "cannot purge processing jobs"),
+            (["--state", "old"], "unknown state 'old'"),
+            (["--state", "completed", "--older-than", "a week"], "--older-than 'a week' is not a duration"),
+            (["--state", "completed", "--older-than", "-7d"], "--older-than '-7d' is not a duration"),
+        ],
+    )
+    def test_bad_input_changes_nothing(self, run, home, built, args, message):
+        before = snapshot(run), sorted(os.listdir(home.logs_dir))
+        result = run("purge", *args)
+        assert result.exit_code == 2
+        assert message in one_error_line(result)
+        assert result.stdout == ""
+        assert (snapshot(run), sorted(os.listdir(home.logs_dir))) == before

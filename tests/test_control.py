@@ -7,11 +7,16 @@ input in test_cli.py.
 
 import json
 import os
+import subprocess
+import sys
+import time
 from datetime import datetime, timezone
 
 import psutil
+import pytest
 
 from conftest import wait_for
+from queuectl.jobs import Job
 from queuectl.storage import open_storage
 
 
@@ -124,3 +129,70 @@ def test_pause_holds_new_claims_and_resume_releases_them(queue):
     queue.run("resume")
     queue.wait_state("held", "completed", timeout=5)
     wait_for(lambda: "Queue resumed" in queue.log_of(worker), what="the worker to log the resume")
+
+
+# --- end to end: show ------------------------------------------------------------------
+
+
+def test_show_reports_each_attempt_a_worker_made(queue):
+    queue.set_config(backoff_max_delay=0)  # retry at once
+    marker = os.path.join(queue.path, "tried")
+    queue.enqueue(id="flaky", command=f"if [ -f {marker} ]; then echo second try; else touch {marker}; echo first try >&2; exit 4; fi")
+    worker = queue.start_worker("--burst")
+    assert worker.wait(30) == 0, queue.log_of(worker)
+    detail = json.loads(queue.run("show", "flaky", "--json").stdout)
+    assert (detail["job"]["state"], detail["job"]["attempts"], detail["job"]["exit_code"]) == ("completed", 2, 0)
+    first, second = detail["attempts"]
+    worker_id = f"worker-{worker.pid}"
+    assert (first["number"], first["worker_id"], first["exit_code"], first["error_message"]) == (1, worker_id, 4, "Exit code 4: first try")
+    assert (first["stdout_tail"], first["stderr_tail"]) == ("", "first try\n")
+    assert (second["number"], second["worker_id"], second["exit_code"], second["error_message"]) == (2, worker_id, 0, None)
+    assert second["stdout_tail"] == "second try\n"
+    for attempt in (first, second):
+        assert 0 <= attempt["duration_seconds"] == pytest.approx(parse_iso(attempt["finished_at"]) - parse_iso(attempt["started_at"]), abs=0.002)
+    text = queue.run("show", "flaky").stdout
+    assert "Attempts (2):" in text
+    assert text.endswith("Output of attempt 2 (last 20 lines of each stream):\n  stdout:\n    second try\n  stderr: (empty)\n")
+
+
+# --- list at scale -----------------------------------------------------------------
+
+# Runs the CLI and reports its peak memory (KiB on Linux) on the last stderr line.
+PEAK_MEMORY_RUNNER = """
+import resource, sys
+from queuectl.cli import cli
+code = cli.main(sys.argv[1:], prog_name="queuectl", standalone_mode=False)
+sys.stdout.flush()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_list_streams_100000_jobs_in_constant_memory(queue, home, tmp_path):
+    now = time.time()
+    jobs = [Job(id=f"job-{i:06d}", command=f"echo {i}", max_retries=3, created_at=now, updated_at=now, next_run_at=now) for i in range(100_000)]
+    with open_storage(home) as store:
+        store.add_jobs(jobs)
+    del jobs
+
+    def peak_kib(*args):
+        out = tmp_path / "out.txt"
+        with open(out, "w") as handle:
+            proc = subprocess.run(
+                [sys.executable, "-c", PEAK_MEMORY_RUNNER, "--home", home.path, *args],
+                stdout=handle, stderr=subprocess.PIPE, text=True, timeout=60,
+            )
+        assert proc.returncode == 0, proc.stderr
+        with open(out) as handle:
+            lines = sum(1 for _ in handle)
+        return int(proc.stderr.split()[-1]), lines
+
+    baseline, lines = peak_kib("list", "--limit", "1")
+    assert lines == 3
+    table, lines = peak_kib("list")
+    assert lines == 100_002
+    as_json, lines = peak_kib("list", "--json", "--state", "pending")
+    assert lines == 100_000 + 2  # one job per line, inside [ and ]
+    # Holding 100,000 jobs costs well over 100 MiB; streaming them costs next to nothing.
+    assert table - baseline < 40 * 1024, (baseline, table)
+    assert as_json - baseline < 40 * 1024, (baseline, as_json)

@@ -465,3 +465,92 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path):
     # Opening it again changes nothing.
     with open_storage(home) as store:
         assert store.get("old").state == JobState.PROCESSING
+
+
+class TestListing:
+    @pytest.fixture
+    def jobs(self, storage):
+        # created order a, b, c, d; priorities and run times differ from that order.
+        add(
+            storage,
+            make("c", now=T0 + 0, priority=1, delay=30),
+            make("a", now=T0 + 1, priority=5),
+            make("d", now=T0 + 2, priority=5, delay=10),
+            make("b", now=T0 + 3, priority=9),
+        )
+        storage.complete(storage.claim("w", T0 + 4, LEASE), OK, T0 + 50)  # "b", changed last
+        return storage
+
+    @pytest.mark.parametrize(
+        "sort, natural",
+        [
+            ("created", ["c", "a", "d", "b"]),
+            ("priority", ["b", "a", "d", "c"]),
+            ("next_run", ["a", "b", "d", "c"]),
+            ("updated", ["b", "d", "a", "c"]),
+            ("id", ["a", "b", "c", "d"]),
+        ],
+    )
+    def test_sorts_and_their_reverse(self, jobs, sort, natural):
+        assert [j.id for j in jobs.iter_jobs(sort=sort)] == natural
+        assert [j.id for j in jobs.iter_jobs(sort=sort, reverse=True)] == natural[::-1]
+
+    def test_filters_limit_and_laziness(self, jobs):
+        rows = jobs.iter_jobs([JobState.PENDING, JobState.PENDING], limit=2, sort="priority")
+        assert not isinstance(rows, list)
+        assert next(rows).id == "a"
+        assert [j.id for j in rows] == ["d"]
+        assert [j.id for j in jobs.iter_jobs([JobState.COMPLETED, JobState.FAILED])] == ["b"]
+
+
+class TestPurge:
+    def build(self, storage):
+        """Finished jobs of every kind at known ages, and live jobs that must survive."""
+        add(storage, *[make(job_id) for job_id in ("old-done", "new-done", "old-dead", "old-cancelled", "running", "failed", "pending")])
+        storage.complete(storage.claim("w", T0, LEASE), OK, T0 + 10)  # old-done
+        storage.complete(storage.claim("w", T0, LEASE), OK, T0 + 900)  # new-done
+        storage.retry_later(storage.claim("w", T0, LEASE), BOOM, T0 + 1, retry_at=T0 + 2)  # old-dead, 1st try
+        storage.bury(storage.claim("w", T0 + 2, LEASE), BOOM, T0 + 20)  # old-dead, 2nd try
+        storage.cancel("old-cancelled", T0 + 30)
+        storage.claim("w", T0 + 30, LEASE)  # running
+        storage.retry_later(storage.claim("w", T0 + 30, LEASE), BOOM, T0 + 31, retry_at=T0 + 999)  # failed
+
+    def test_purges_exactly_the_states_and_ages_asked_for(self, storage):
+        self.build(storage)
+        assert {j.id: j.state.value for j in storage.list_jobs()} == {
+            "old-done": "completed", "new-done": "completed", "old-dead": "dlq", "old-cancelled": "cancelled",
+            "running": "processing", "failed": "failed", "pending": "pending",
+        }
+        old_done_attempts = [a.id for a in storage.attempts("old-done")]
+        dead_attempts = [a.id for a in storage.attempts("old-dead")]
+        assert len(dead_attempts) == 2
+
+        result = storage.purge([JobState.COMPLETED], finished_before=T0 + 500)
+        assert (result.jobs, result.attempt_ids) == (1, old_done_attempts)
+        assert [j.id for j in storage.list_jobs()] == ["new-done", "old-dead", "old-cancelled", "running", "failed", "pending"]
+
+        result = storage.purge([JobState.DLQ, JobState.CANCELLED])
+        assert (result.jobs, sorted(result.attempt_ids)) == (2, sorted(dead_attempts))
+        assert [j.id for j in storage.list_jobs()] == ["new-done", "running", "failed", "pending"]
+        with pytest.raises(JobNotFoundError):
+            storage.attempts("old-dead")
+        assert storage.purge([JobState.COMPLETED], finished_before=T0 + 500).jobs == 0
+
+    def test_attempt_rows_go_with_their_jobs(self, storage):
+        add(storage, make("a"), make("b"))
+        for _ in range(2):
+            storage.complete(storage.claim("w", T0, LEASE), OK, T0)
+        assert storage.stats(T0).attempts_total == 2
+        storage.purge([JobState.COMPLETED])
+        assert storage.stats(T0).attempts_total == 0
+
+    def test_big_purges_go_in_batches(self, storage, monkeypatch):
+        import queuectl.storage.sqlite as sqlite_backend
+
+        monkeypatch.setattr(sqlite_backend, "PURGE_BATCH", 3)
+        add(storage, *[make(f"j{i}") for i in range(8)])
+        for _ in range(7):
+            storage.complete(storage.claim("w", T0, LEASE), OK, T0)
+        result = storage.purge([JobState.COMPLETED])
+        assert (result.jobs, len(result.attempt_ids)) == (7, 7)
+        assert [j.id for j in storage.list_jobs()] == ["j7"]
