@@ -443,19 +443,28 @@ def format_seconds(seconds):
 
 
 def summarize_failure(exit_code, stderr_tail):
-    """``Exit code 1: <last non-empty stderr line>``, bounded in length."""
+    """``Exit code 1: <last stderr line(s)>``, bounded in length."""
     message = f"Exit code {exit_code}"
-    last = last_line(stderr_tail)
+    last = last_sentence(stderr_tail)
     if last:
         message = f"{message}: {last}"
     return truncate(message, ERROR_MESSAGE_CHARS)
 
 
-def last_line(text):
-    for line in reversed(text.splitlines()):
-        if line.strip():
-            return line.strip()
-    return ""
+def last_sentence(text):
+    """The last non-empty line, joined with the lines it continues.
+
+    Some shells wrap one message over lines ending in a comma (cmd.exe:
+    "'x' is not recognized as an internal or external command,\noperable
+    program or batch file."); the first half is the informative part.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    start = len(lines) - 1
+    while start > 0 and lines[start - 1].endswith(","):
+        start -= 1
+    return " ".join(lines[start:])
 
 
 def truncate(text, limit):

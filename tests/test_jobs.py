@@ -112,6 +112,10 @@ def test_failure_summary_uses_last_stderr_line():
     assert summarize_failure(1, "") == "Exit code 1"
     assert summarize_failure(2, "warning\nTraceback\nSyntaxError: invalid syntax\n\n") == "Exit code 2: SyntaxError: invalid syntax"
     assert len(summarize_failure(1, "x" * 10_000)) == 500
+    windows = "'nonexistent_command_xyz' is not recognized as an internal or external command,\r\noperable program or batch file.\r\n"
+    assert summarize_failure(1, windows) == (
+        "Exit code 1: 'nonexistent_command_xyz' is not recognized as an internal or external command, operable program or batch file."
+    )
 
 
 def test_state_parsing_accepts_dead_alias():
