@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 # CLOCK_MONOTONIC is one clock for every process on Linux, so a timestamp
@@ -85,38 +86,46 @@ class StartProbe:
     job forks nothing beyond its /bin/sh). We hold the read end open without
     blocking; on Linux a FIFO read end that has never seen a writer does not
     report hang-up, so poll() wakes exactly when the job writes its byte.
+    A thread sits in poll() from before the job is enqueued, so a job that
+    starts before the enqueue call has even returned is timed correctly
+    (its latency comes out negative).
     """
 
     def __init__(self, directory, name):
         self.path = os.path.join(directory, f"{name}.fifo")
         os.mkfifo(self.path)
         self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        self.stamp = None
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
 
     @property
     def command(self):
         return f"echo x > {self.path}"
 
-    def wait(self, timeout):
-        """Monotonic time the job wrote to the FIFO, or None on timeout."""
+    def _watch(self):
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
-        deadline = now() + timeout
-        while True:
-            left = deadline - now()
-            if left <= 0:
-                return None
-            events = poller.poll(left * 1000)
-            if events:
-                stamp = now()
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self.fd, 16)
-                return stamp
+        poller.register(self._stop_r, select.POLLIN)
+        for fd, _ in poller.poll():
+            if fd == self.fd:
+                self.stamp = now()
+                return
+
+    def wait(self, timeout):
+        """Monotonic time the job wrote to the FIFO, or None on timeout."""
+        self._thread.join(timeout)
+        return self.stamp
 
     def close(self):
+        os.write(self._stop_w, b"x")
+        self._thread.join(5)
+        for fd in (self.fd, self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         # Unlinking the FIFO means a job that comes late writes a plain
         # file instead of blocking forever on a FIFO with no reader.
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
@@ -139,6 +148,14 @@ class Gate:
         stamp = now()
         os.close(fd)
         return stamp
+
+    def release_nowait(self):
+        """Release readers if there are any (cleanup after a failure)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return
+        os.close(fd)
 
 
 def tree_cpu_seconds(pid):
@@ -263,3 +280,58 @@ def pip_version(dist):
         return version(dist)
     except Exception:
         return None
+
+
+class CpuSampler:
+    """Keeps the latest user+system CPU seconds of some processes (not their
+    children), sampled every `interval` seconds from a thread, so the figure
+    survives the processes exiting. psutil's cpu_times of a live process;
+    the last sample before exit misses at most `interval` of work."""
+
+    def __init__(self, pids, interval=0.05, with_children=False):
+        """with_children: also count the direct children of `pids` (found
+        anew on every tick), e.g. the worker processes a consumer forks;
+        never grandchildren, which are the jobs' own processes."""
+        import psutil
+
+        self._procs = {}
+        self._roots = []
+        for pid in pids:
+            try:
+                self._procs[pid] = psutil.Process(pid)
+                self._roots.append(self._procs[pid])
+            except psutil.NoSuchProcess:
+                pass
+        self.seconds = {pid: 0.0 for pid in self._procs}
+        self._with_children = with_children
+        self._interval = interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import psutil
+
+        while True:
+            if self._with_children:
+                for root in self._roots:
+                    try:
+                        for child in root.children():
+                            if child.pid not in self._procs:
+                                self._procs[child.pid] = child
+                                self.seconds[child.pid] = 0.0
+                    except psutil.NoSuchProcess:
+                        pass
+            for pid, proc in list(self._procs.items()):
+                try:
+                    t = proc.cpu_times()
+                    self.seconds[pid] = max(self.seconds[pid], t.user + t.system)
+                except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                    pass
+            if self._done.wait(self._interval):
+                return
+
+    def stop(self):
+        self._done.set()
+        self._thread.join(5)
+        return sum(self.seconds.values())

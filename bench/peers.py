@@ -20,10 +20,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 
-from common import Gate, log, now, stop_process, tree_pids, wait_until
+from common import CpuSampler, Gate, now, stop_process, tree_pids, wait_until
 
 SH_TRUE_ARGV = ["/bin/sh", "-c", "true"]
 
@@ -126,9 +125,9 @@ class TaskSpooler(Peer):
             TS_SLOTS=str(slots),
         )
 
-    def _tsp(self, env, *args, capture=True):
-        out = subprocess.run(["tsp", *args], env=env, capture_output=capture, text=True)
-        return out.stdout.strip() if capture else None
+    def _tsp(self, env, *args, timeout=120):
+        out = subprocess.run(["tsp", *args], env=env, capture_output=True, text=True, timeout=timeout)
+        return out.stdout.strip()
 
     def _unfinished(self, env):
         listing = self._tsp(env, "-l")
@@ -139,37 +138,57 @@ class TaskSpooler(Peer):
                 ids.append(parts[0])
         return ids
 
+    # A queued tsp job keeps its client process connected to the server
+    # until it has run, and the server takes at most 1000 connections
+    # (TS_MAXCONN can only lower that), so at most ~1000 jobs can wait at
+    # once. Larger drains run as gated batches whose spans are added up.
+    BATCH = 800
+
     def drain(self, n, workers):
+        span, latencies, done = 0.0, [], 0
         with _tmp("tsp") as d:
             env = self._env(d, workers)
             gate = Gate(d)
             try:
-                for _ in range(workers):
-                    self._tsp(env, *gate.argv)
-                latencies = []
-                last = None
-                for _ in range(n):
-                    t0 = now()
-                    last = self._tsp(env, *SH_TRUE_ARGV)
-                    latencies.append(now() - t0)
-                waiter = subprocess.Popen(["tsp", "-w", last], env=env, stdout=subprocess.DEVNULL)
-                time.sleep(0.1)  # let the waiter reach the server
-                t_release = gate.release()
-                waiter.wait()
-                t_end = now()
-                left = self._unfinished(env)
-                for job in left:
-                    self._tsp(env, "-w", job)
-                if left:
-                    t_end = now()
+                while done < n:
+                    size = min(self.BATCH, n - done)
+                    span += self._drain_batch(env, gate, size, workers, latencies)
+                    done += size
             finally:
                 self._tsp(env, "-K")
-            latencies.sort()
-            return {
-                "rate": n / (t_end - t_release),
-                "span": t_end - t_release,
-                "client_enqueue_s": latencies[len(latencies) // 2],
-            }
+        latencies.sort()
+        return {
+            "rate": n / span,
+            "span": span,
+            "client_enqueue_s": latencies[len(latencies) // 2],
+            "batches": -(-n // self.BATCH),
+        }
+
+    def _drain_batch(self, env, gate, size, workers, latencies):
+        released = False
+        try:
+            for _ in range(workers):
+                self._tsp(env, *gate.argv)
+            last = None
+            for _ in range(size):
+                t0 = now()
+                last = self._tsp(env, *SH_TRUE_ARGV)
+                latencies.append(now() - t0)
+            waiter = subprocess.Popen(["tsp", "-w", last], env=env, stdout=subprocess.DEVNULL)
+            time.sleep(0.1)  # let the waiter reach the server
+            t_release = gate.release()
+            released = True
+            waiter.wait(timeout=600)
+            t_end = now()
+            left = self._unfinished(env)
+            for job in left:
+                self._tsp(env, "-w", job)
+            if left:
+                t_end = now()
+            return t_end - t_release
+        finally:
+            if not released:
+                gate.release_nowait()
 
     @contextlib.contextmanager
     def live(self):
@@ -394,14 +413,32 @@ class Huey(Peer):
             finally:
                 client.close()
             consumer = self._consumer(d, env, workers)
+            sampler = CpuSampler([consumer.pid], with_children=True)
             try:
                 ok = wait_until(lambda: count_lines(env["BENCH_STAMP_LOG"]) >= n, timeout=600, interval=0.1)
+                own_cpu = sampler.stop()
             finally:
+                sampler.stop()
                 stop_process(consumer, signal.SIGINT, timeout=15)
             first, last, count = read_stamps(env["BENCH_STAMP_LOG"])
             if not ok or count < n:
                 raise RuntimeError(f"huey ran {count} of {n} jobs")
-            return {"rate": n / (last - first), "span": last - first}
+            return {"rate": n / (last - first), "span": last - first, "own_cpu_per_job": own_cpu / n}
+
+    def startup_cpu(self, workers):
+        """CPU seconds of a consumer with `workers` process workers that is
+        started on an empty queue and stopped as soon as its workers are up."""
+        with _tmp("huey-empty") as d:
+            env = self._prepare(d)
+            consumer = self._consumer(d, env, workers)
+            sampler = CpuSampler([consumer.pid], with_children=True)
+            try:
+                wait_until(lambda: len(tree_pids(consumer.pid)) > workers, timeout=30)
+                time.sleep(0.3)
+            finally:
+                stop_process(consumer, signal.SIGINT, timeout=15)
+                cpu = sampler.stop()
+            return cpu
 
     @contextlib.contextmanager
     def live(self):
@@ -553,6 +590,3 @@ def _tmp(prefix):
 
 ALL_PEERS = [TaskSpooler, Nq, Huey, Rq]
 
-
-def textblock(s):
-    return textwrap.dedent(s).strip()
