@@ -105,6 +105,16 @@ def json_option(func):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
 
 
+def _complete_states(ctx, param, incomplete):
+    # Shell completion (see README): offer state names, aliases included.
+    names = [state.value for state in JobState] + ["dead"]
+    return [name for name in names if name.startswith(incomplete.lower())]
+
+
+def _complete_sort_keys(ctx, param, incomplete):
+    return [key for key in LIST_SORTS if key.startswith(incomplete.lower().replace("-", "_"))]
+
+
 def _state_list(ctx, param, values):
     try:
         return [JobState.parse(v) for v in values]
@@ -274,21 +284,43 @@ def _configure_logging(log_file):
 
 
 @cli.command()
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl+C.")
+@click.option("--interval", type=click.FloatRange(0.1), default=2.0, show_default=True, metavar="SECONDS", help="Seconds between refreshes with --watch.")
 @json_option
 @pass_app
-def status(app, as_json):
-    """Show job counts per state and the live workers."""
+def status(app, watch, interval, as_json):
+    """Show job counts per state and the live workers.
+
+    Also how many jobs are scheduled for a later time and whether the queue
+    is paused. With --watch the block is redrawn every --interval seconds
+    until Ctrl+C (with --json: one JSON object per line, per refresh).
+
+    \b
+    Examples:
+      queuectl status
+      queuectl status --watch --interval 1
+    """
     from queuectl import output, supervisor
 
     storage = app.storage()
-    counts = storage.count_by_state()
-    scheduled = storage.count_scheduled(time.time())
-    paused_since = storage.paused_since()
-    workers = supervisor.live_workers(app.home, storage)
-    if as_json:
-        output.echo_json(output.status_json(counts, workers, scheduled, paused_since))
-    else:
-        click.echo(output.render_status(counts, workers, scheduled, paused_since))
+
+    def snapshot():
+        now = time.time()
+        counts = storage.count_by_state()
+        scheduled = storage.count_scheduled(now)
+        paused_since = storage.paused_since()
+        workers = supervisor.live_workers(app.home, storage)
+        if as_json:
+            return output.status_json(counts, workers, scheduled, paused_since)
+        return output.render_status(counts, workers, scheduled, paused_since)
+
+    if not watch:
+        if as_json:
+            output.echo_json(snapshot())
+        else:
+            click.echo(snapshot())
+        return
+    output.watch(snapshot, interval, as_json=as_json)
 
 
 def _sort_key(ctx, param, value):
@@ -299,12 +331,13 @@ def _sort_key(ctx, param, value):
 
 
 @cli.command("list")
-@click.option("--state", "states", multiple=True, callback=_state_list, help="Only jobs in this state (repeatable; 'dead' = dlq).")
+@click.option("--state", "states", multiple=True, callback=_state_list, shell_complete=_complete_states, help="Only jobs in this state (repeatable; 'dead' = dlq).")
 @click.option("--limit", type=click.IntRange(1), help="Show at most N jobs [default: all].")
 @click.option(
     "--sort",
     metavar="KEY",
     default="created",
+    shell_complete=_complete_sort_keys,
     show_default=True,
     callback=_sort_key,
     help="Order: " + "; ".join(f"{key} = {meaning}" for key, meaning in LIST_SORTS.items()) + ".",
@@ -368,6 +401,32 @@ def show(app, job_id, tail_lines, as_json):
         output.echo_json(output.job_detail_json(job, attempts))
     else:
         click.echo(output.render_job_detail(job, attempts, now=time.time(), tail_lines=tail_lines))
+
+
+@cli.command()
+@json_option
+@pass_app
+def stats(app, as_json):
+    """Show how the queue is doing: rates, run times, backlog, workers.
+
+    Jobs per state; success rate (completed / (completed + dead)); attempts
+    per job; run time p50, p95 and max of finished attempts; jobs completed
+    in the last minute and hour; how long the oldest due job has waited to
+    be claimed; and per worker, the attempts it ran and how they ended.
+
+    \b
+    Examples:
+      queuectl stats
+      queuectl stats --json
+    """
+    from queuectl import output
+
+    now = time.time()
+    numbers = app.storage().stats(now)
+    if as_json:
+        output.echo_json(output.stats_json(numbers, now))
+    else:
+        click.echo(output.render_stats(numbers))
 
 
 # --- DLQ -----------------------------------------------------------------------
@@ -466,7 +525,7 @@ def retry(app, job_id):
 
 
 @cli.command()
-@click.option("--state", "states", multiple=True, callback=_state_list, help="Purge jobs in this state: completed, dlq or cancelled (repeatable; required).")
+@click.option("--state", "states", multiple=True, callback=_state_list, shell_complete=_complete_states, help="Purge jobs in this state: completed, dlq or cancelled (repeatable; required).")
 @click.option("--older-than", metavar="AGE", help="Only jobs that finished more than AGE ago (e.g. 12h, 7d, 4w).")
 @pass_app
 def purge(app, states, older_than):

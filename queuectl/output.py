@@ -299,3 +299,112 @@ def _detail_value(job, name, now):
 
 def job_detail_json(job, attempts):
     return {"job": job.to_dict(), "attempts": [attempt.to_dict() for attempt in attempts]}
+
+
+# --- stats --------------------------------------------------------------------
+
+
+def stats_json(stats, now):
+    return {
+        "generated_at": format_iso(now),
+        "jobs": {state.value: stats.counts[state] for state in JobState},
+        "total": sum(stats.counts.values()),
+        "scheduled": stats.scheduled,
+        "success_rate": stats.success_rate,
+        "attempts": {
+            "total": stats.attempts_total,
+            "per_job": stats.attempts_per_job,
+            "max_per_job": stats.max_attempts_per_job,
+        },
+        "run_time_seconds": {
+            "p50": stats.run_time_p50,
+            "p95": stats.run_time_p95,
+            "max": stats.run_time_max,
+            "finished_attempts": stats.finished_attempts,
+        },
+        "throughput": {
+            "completed_last_minute": stats.completed_last_minute,
+            "completed_last_hour": stats.completed_last_hour,
+        },
+        "oldest_waiting": None if stats.oldest_waiting_id is None else {
+            "id": stats.oldest_waiting_id,
+            "age_seconds": stats.oldest_waiting_age,
+        },
+        "workers": [
+            {
+                "worker_id": tally.worker_id,
+                "attempts": tally.attempts,
+                "succeeded": tally.succeeded,
+                "failed": tally.failed,
+                "running": tally.running,
+            }
+            for tally in stats.workers
+        ],
+    }
+
+
+def render_stats(stats):
+    rows = [[STATE_LABELS[state], stats.counts[state]] for state in JobState]
+    total = sum(stats.counts.values())
+    rate = stats.success_rate
+    success = "n/a (no job has finished running)" if rate is None else (
+        f"{rate:.1%} ({stats.counts[JobState.COMPLETED]} completed, {stats.counts[JobState.DLQ]} dead)"
+    )
+    per_job = "n/a (nothing has run)" if stats.attempts_per_job is None else (
+        f"{stats.attempts_per_job:.2f} on average, {stats.max_attempts_per_job} at most ({stats.attempts_total} attempt(s))"
+    )
+    run_time = "n/a (no attempt has finished)" if not stats.finished_attempts else (
+        f"p50 {format_duration(stats.run_time_p50)}, p95 {format_duration(stats.run_time_p95)}, "
+        f"max {format_duration(stats.run_time_max)} ({stats.finished_attempts} finished attempt(s))"
+    )
+    oldest = "none (no job is waiting to be claimed)" if stats.oldest_waiting_id is None else (
+        f"{stats.oldest_waiting_id}, due {format_duration(stats.oldest_waiting_age)} ago"
+    )
+    lines = [
+        "=== QueueCTL Stats ===",
+        "",
+        "Jobs:",
+        tabulate(rows, headers=["State", "Count"], tablefmt="simple"),
+        "",
+        f"Total:            {total} ({stats.scheduled} scheduled for later)",
+        f"Success rate:     {success}",
+        f"Attempts per job: {per_job}",
+        f"Run time:         {run_time}",
+        f"Throughput:       {stats.completed_last_minute} completed in the last minute, "
+        f"{stats.completed_last_hour} in the last hour",
+        f"Oldest waiting:   {oldest}",
+        "",
+        "Workers (attempts run):",
+    ]
+    if stats.workers:
+        worker_rows = [[t.worker_id, t.attempts, t.succeeded, t.failed, t.running] for t in stats.workers]
+        table = tabulate(worker_rows, headers=["worker", "attempts", "succeeded", "failed", "running"], tablefmt="simple")
+        lines += ["  " + line for line in table.splitlines()]
+    else:
+        lines.append("  (none yet)")
+    return "\n".join(lines)
+
+
+def watch(render, interval, *, as_json=False):
+    """Print ``render()`` every ``interval`` seconds until Ctrl+C.
+
+    On a terminal each frame replaces the last; into a pipe or file, frames
+    follow one another (JSON: one compact object per line).
+    """
+    redraw = not as_json and click.get_text_stream("stdout").isatty()
+    try:
+        while True:
+            frame = render()
+            if as_json:
+                click.echo(json.dumps(frame, ensure_ascii=False))
+            elif redraw:
+                click.clear()
+                click.echo(f"Every {interval:g}s, {format_local(time.time())} (Ctrl+C to stop)\n")
+                click.echo(frame)
+            else:
+                click.echo(f"--- {format_local(time.time())}")
+                click.echo(frame)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        # Ctrl+C is how a watch ends: a normal exit, not an error.
+        pass

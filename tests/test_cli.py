@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from queuectl.cli import cli
 from queuectl.config import Home
-from queuectl.jobs import AttemptResult
+from queuectl.jobs import AttemptResult, parse_job_spec
 from queuectl.storage import open_storage
 
 
@@ -572,3 +572,102 @@ class TestPurge:
         assert message in one_error_line(result)
         assert result.stdout == ""
         assert (snapshot(run), sorted(os.listdir(home.logs_dir))) == before
+
+
+class TestStats:
+    def test_json_numbers_match_the_queue_built_here(self, run, home):
+        now = time.time()
+
+        def job(job_id, created, **fields):
+            return parse_job_spec(dict(fields, id=job_id, command="true"), now=created, default_max_retries=3, default_cwd=None)
+
+        fail = AttemptResult(False, 1, "Exit code 1")
+        with open_storage(home) as store:
+            store.add_jobs([job("ok-then", now - 7300)])
+            store.retry_later(store.claim("w1", now - 7202, 30), fail, now - 7200, retry_at=now - 1803)  # ran 2 s
+            store.complete(store.claim("w1", now - 1803, 30), OK_RESULT, now - 1800)  # ran 3 s
+            store.add_jobs([job("ok", now - 40)])
+            store.complete(store.claim("w1", now - 31, 30), OK_RESULT, now - 30)  # ran 1 s
+            store.add_jobs([job("dead", now - 610, max_retries=1)])
+            store.bury(store.claim("w2", now - 604, 30), fail, now - 600)  # ran 4 s
+            store.add_jobs([job("running", now - 20)])
+            store.claim("w2", now - 10, 30)
+            store.add_jobs([job("cancelled", now - 5), job("waiting", now - 100), job("later", now, delay=3600)])
+            store.cancel("cancelled", now)
+        data = json.loads(run("stats", "--json").stdout)
+        age = data.pop("oldest_waiting")
+        assert age["id"] == "waiting" and 100 <= age["age_seconds"] < 130
+        data.pop("generated_at")
+        assert data == {
+            "jobs": {"pending": 2, "processing": 1, "completed": 2, "failed": 0, "dlq": 1, "cancelled": 1},
+            "total": 7,
+            "scheduled": 1,
+            "success_rate": pytest.approx(2 / 3),
+            "attempts": {"total": 5, "per_job": 1.25, "max_per_job": 2},
+            "run_time_seconds": {"p50": pytest.approx(2), "p95": pytest.approx(4), "max": pytest.approx(4), "finished_attempts": 4},
+            "throughput": {"completed_last_minute": 1, "completed_last_hour": 2},
+            "workers": [
+                {"worker_id": "w1", "attempts": 3, "succeeded": 2, "failed": 1, "running": 0},
+                {"worker_id": "w2", "attempts": 2, "succeeded": 0, "failed": 1, "running": 1},
+            ],
+        }
+        text = run("stats").stdout
+        assert "Success rate:     66.7% (2 completed, 1 dead)" in text
+        assert "Attempts per job: 1.25 on average, 2 at most (5 attempt(s))" in text
+        assert "Run time:         p50 2.000s, p95 4.000s, max 4.000s (4 finished attempt(s))" in text
+        assert "Throughput:       1 completed in the last minute, 2 in the last hour" in text
+        assert re.search(r"^Oldest waiting:   waiting, due [12]m \d\ds ago$", text, re.M)
+        assert [line.split() for line in text.splitlines()[-2:]] == [["w1", "3", "2", "1", "0"], ["w2", "2", "0", "1", "1"]]
+
+    def test_an_empty_queue(self, run):
+        data = json.loads(run("stats", "--json").stdout)
+        assert (data["total"], data["success_rate"], data["oldest_waiting"], data["workers"]) == (0, None, None, [])
+        text = run("stats").stdout
+        assert "Success rate:     n/a (no job has finished running)" in text
+        assert text.endswith("Workers (attempts run):\n  (none yet)\n")
+
+
+def test_shell_completion_offers_commands_and_state_names(home):
+    def complete(words, cword):
+        env = dict(os.environ, COMP_WORDS=words, COMP_CWORD=str(cword), _QUEUECTL_COMPLETE="bash_complete", QUEUECTL_HOME=home.path)
+        proc = subprocess.run([sys.executable, "-m", "queuectl"], env=env, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return [line.split(",", 1)[1] for line in proc.stdout.splitlines()]
+
+    assert complete("queuectl st", 1) == ["stats", "status"]
+    assert complete("queuectl list --state p", 3) == ["pending", "processing"]
+    assert complete("queuectl purge --state c", 3) == ["completed", "cancelled"]
+    assert complete("queuectl list --sort next", 3) == ["next_run"]
+    script = subprocess.run(
+        [sys.executable, "-m", "queuectl"], env=dict(os.environ, _QUEUECTL_COMPLETE="bash_source"),
+        capture_output=True, text=True, timeout=30,
+    ).stdout
+    assert "_queuectl_completion()" in script
+
+
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        (["list"], ["--state", "--limit", "--sort", "--reverse", "--json", "Examples:"]),
+        (["show"], ["--lines", "--json", "Example:"]),
+        (["cancel"], ["process tree", "Example:"]),
+        (["retry"], ["attempt count reset", "Example:"]),
+        (["dlq", "retry"], ["--all", "Examples:"]),
+        (["purge"], ["--state", "--older-than", "Examples:"]),
+        (["pause"], ["resume", "survives restarts"]),
+        (["resume"], []),
+        (["stats"], ["--json", "p50", "Examples:"]),
+        (["status"], ["--watch", "--interval", "--json", "Examples:"]),
+    ],
+)
+def test_control_commands_have_complete_help(run, command, options):
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    for option in options:
+        assert option in result.stdout
+
+
+def test_status_watch_refuses_a_zero_interval(run):
+    result = run("status", "--watch", "--interval", "0")
+    assert result.exit_code == 2
+    assert "Invalid value for '--interval'" in one_error_line(result)

@@ -7,6 +7,7 @@ input in test_cli.py.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -153,6 +154,80 @@ def test_show_reports_each_attempt_a_worker_made(queue):
     text = queue.run("show", "flaky").stdout
     assert "Attempts (2):" in text
     assert text.endswith("Output of attempt 2 (last 20 lines of each stream):\n  stdout:\n    second try\n  stderr: (empty)\n")
+
+
+# --- end to end: stats and status --watch ------------------------------------------------
+
+
+def test_stats_match_what_a_worker_did(queue):
+    queue.set_config(max_retries=1)
+    for i in range(3):
+        queue.enqueue(id=f"ok-{i}", command="true")
+    queue.enqueue(id="bad", command="exit 5")
+    queue.run("enqueue", "--delay", "1h", json.dumps({"id": "later", "command": "true"}))
+    worker = queue.start_worker("--burst")
+    assert worker.wait(30) == 0, queue.log_of(worker)
+
+    stats = json.loads(queue.run("stats", "--json").stdout)
+    durations = sorted(
+        attempt["duration_seconds"]
+        for job_id in ("ok-0", "ok-1", "ok-2", "bad")
+        for attempt in json.loads(queue.run("show", job_id, "--json").stdout)["attempts"]
+    )
+    assert stats["jobs"] == {"pending": 1, "processing": 0, "completed": 3, "failed": 0, "dlq": 1, "cancelled": 0}
+    assert (stats["total"], stats["scheduled"], stats["success_rate"]) == (5, 1, 0.75)
+    assert stats["attempts"] == {"total": 4, "per_job": 1.0, "max_per_job": 1}
+    assert stats["run_time_seconds"] == {
+        "p50": pytest.approx(durations[1]),  # nearest rank: the 2nd of 4
+        "p95": pytest.approx(durations[3]),
+        "max": pytest.approx(durations[3]),
+        "finished_attempts": 4,
+    }
+    assert stats["throughput"] == {"completed_last_minute": 3, "completed_last_hour": 3}
+    assert stats["oldest_waiting"] is None  # "later" is not due yet
+    assert stats["workers"] == [{"worker_id": f"worker-{worker.pid}", "attempts": 4, "succeeded": 3, "failed": 1, "running": 0}]
+
+
+def test_status_watch_refreshes_until_ctrl_c(queue, tmp_path):
+    out_path = tmp_path / "watch.out"
+
+    def frames():
+        return out_path.read_text().count("=== QueueCTL Status ===")
+
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "queuectl", "--home", queue.path, "status", "--watch", "--interval", "0.2"],
+            stdout=out, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            wait_for(lambda: frames() >= 1, what="the first frame")
+            queue.enqueue(id="new", command="true")
+            wait_for(lambda: "Pending           1" in out_path.read_text(), what="a frame showing the new job")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.stderr.read() == ""
+    assert frames() >= 2
+
+
+def test_status_watch_json_prints_one_object_per_refresh(queue, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "queuectl", "--home", queue.path, "status", "--watch", "--json", "--interval", "0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for line in lines:
+        assert json.loads(line)["jobs"]["pending"] == 0
 
 
 # --- list at scale -----------------------------------------------------------------

@@ -554,3 +554,54 @@ class TestPurge:
         result = storage.purge([JobState.COMPLETED])
         assert (result.jobs, len(result.attempt_ids)) == (7, 7)
         assert [j.id for j in storage.list_jobs()] == ["j7"]
+
+
+class TestStats:
+    def build(self, storage):
+        """A queue whose numbers are known: see the expectations in the test."""
+        add(storage, make("c2", now=T0 - 7300))
+        storage.retry_later(storage.claim("w1", T0 - 7202, LEASE), BOOM, T0 - 7200, retry_at=T0 - 1803)  # 2 s
+        storage.complete(storage.claim("w1", T0 - 1803, LEASE), OK, T0 - 1800)  # 3 s
+        add(storage, make("c1", now=T0 - 40))
+        storage.complete(storage.claim("w1", T0 - 31, LEASE), OK, T0 - 30)  # 1 s
+        add(storage, make("d1", now=T0 - 610, max_retries=1))
+        storage.bury(storage.claim("w2", T0 - 604, LEASE), BOOM, T0 - 600)  # 4 s
+        add(storage, make("r1", now=T0 - 20))
+        storage.claim("w2", T0 - 10, LEASE)
+        add(storage, make("x1", now=T0 - 5))
+        storage.cancel("x1", T0 - 5)
+        add(storage, make("p1", now=T0 - 100), make("p2", now=T0 - 1, delay=3600))
+
+    def test_numbers_of_a_known_queue(self, storage):
+        self.build(storage)
+        stats = storage.stats(T0)
+        assert {state.value: n for state, n in stats.counts.items()} == {
+            "pending": 2, "processing": 1, "completed": 2, "failed": 0, "dlq": 1, "cancelled": 1,
+        }
+        assert stats.scheduled == 1
+        assert stats.success_rate == pytest.approx(2 / 3)
+        assert (stats.attempts_total, stats.jobs_attempted, stats.max_attempts_per_job) == (5, 4, 2)
+        assert stats.attempts_per_job == 1.25
+        # Finished run times 1, 2, 3, 4 s: nearest-rank p50 is 2 s, p95 is 4 s.
+        assert (stats.finished_attempts, stats.run_time_p50, stats.run_time_p95, stats.run_time_max) == (4, 2, 4, 4)
+        assert (stats.completed_last_minute, stats.completed_last_hour) == (1, 2)
+        assert (stats.oldest_waiting_id, stats.oldest_waiting_age) == ("p1", 100)
+        assert [(t.worker_id, t.attempts, t.succeeded, t.failed, t.running) for t in stats.workers] == [
+            ("w1", 3, 2, 1, 0),
+            ("w2", 2, 0, 1, 1),
+        ]
+
+    def test_windows_move_with_now(self, storage):
+        self.build(storage)
+        later = storage.stats(T0 + 1000)
+        assert (later.completed_last_minute, later.completed_last_hour) == (0, 2)
+        assert (later.oldest_waiting_id, later.oldest_waiting_age, later.scheduled) == ("p1", 1100, 1)
+        much_later = storage.stats(T0 + 3600)
+        assert (much_later.completed_last_minute, much_later.completed_last_hour) == (0, 0)
+        assert much_later.scheduled == 0  # p2 is due by then
+
+    def test_an_empty_queue(self, storage):
+        stats = storage.stats(T0)
+        assert stats.success_rate is None and stats.attempts_per_job is None
+        assert (stats.run_time_p50, stats.run_time_p95, stats.run_time_max) == (None, None, None)
+        assert (stats.oldest_waiting_id, stats.oldest_waiting_age, stats.workers) == (None, None, [])
