@@ -306,6 +306,8 @@ def parse_job_spec(spec, *, now, default_max_retries, default_cwd):
     cwd = spec.get("cwd", default_cwd)
     if cwd is not None and (not isinstance(cwd, str) or not cwd):
         raise ValidationError("field 'cwd' must be a non-empty string")
+    if cwd is not None and "\x00" in cwd:
+        raise ValidationError("field 'cwd' must not contain NUL characters")
 
     env = spec.get("env", {})
     if not isinstance(env, dict):
@@ -315,6 +317,9 @@ def parse_job_spec(spec, *, now, default_max_retries, default_cwd):
             raise ValidationError(f"field 'env' has an invalid variable name {key!r}")
         if not isinstance(value, str):
             raise ValidationError(f"field 'env' value for {key!r} must be a string")
+        if "\x00" in value:
+            # The OS can't pass it; refused now rather than failing every attempt.
+            raise ValidationError(f"field 'env' value for {key!r} must not contain NUL characters")
 
     return Job(
         id=job_id,

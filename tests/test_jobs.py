@@ -59,6 +59,8 @@ def test_every_field_is_honoured():
         ({"command": "x", "run_at": "2026-01-01T00:00:00Z", "delay": 1}, "give either 'run_at' or 'delay', not both"),
         ({"command": "x", "env": ["A"]}, "field 'env' must be an object of strings, got an array"),
         ({"command": "x", "env": {"A": 1}}, "field 'env' value for 'A' must be a string"),
+        ({"command": "x", "env": {"A": "x\x00y"}}, "field 'env' value for 'A' must not contain NUL characters"),
+        ({"command": "x", "cwd": "/tmp\x00/x"}, "field 'cwd' must not contain NUL characters"),
         ({"command": "x", "id": 7}, "field 'id' must be a string, got an integer"),
         ({"command": "x", "id": ""}, "field 'id' must not be empty"),
         ({"command": "x", "id": "a\nb"}, "field 'id' must not contain control characters"),
