@@ -246,21 +246,23 @@ def _is_running(proc):
 
 
 def _kill_worker_tree(proc):
-    """SIGKILL a worker and its jobs' process groups; leases recover the jobs."""
+    """SIGKILL a worker, then its jobs' process groups; leases recover the jobs.
+
+    The worker goes first: killed the other way round, it could still record
+    its job as failed by signal 9, as if the job itself had crashed.
+    """
     try:
         children = proc.children(recursive=False)
-    except psutil.NoSuchProcess:
-        children = []
-    for child in children:
-        try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except OSError:
-            pass
-    try:
         proc.kill()
     except psutil.NoSuchProcess:
         return
     _wait_exited([proc], 5)
+    for child in children:
+        try:
+            # Each job leads its own process group, which outlives the worker.
+            os.killpg(child.pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _forget(home, storage, pids):
