@@ -36,6 +36,8 @@ from queuectl.jobs import OUTPUT_TAIL_BYTES, format_seconds, summarize_failure
 
 # After SIGTERM, how long the tree gets to exit before SIGKILL.
 KILL_GRACE_SECONDS = 2.0
+# Less free space than this where output goes counts as a full disk.
+LOW_SPACE_BYTES = 64 * 1024
 # The environment variable that ties a process to the claim it runs for.
 CLAIM_ENV = "QUEUECTL_CLAIM"
 # How long stop_claimed keeps looking for stragglers after SIGKILL.
@@ -55,6 +57,7 @@ class RunResult:
     stdout_tail: str = ""
     stderr_tail: str = ""
     duration: float = 0.0
+    output_disk_full: bool = False  # the job's output (and so its error text) may be cut short
 
     @property
     def succeeded(self):
@@ -73,7 +76,11 @@ class RunResult:
             return f"Killed by signal {self.signal}"
         if self.exit_code == 0:
             return None
-        return summarize_failure(self.exit_code, self.stderr_tail)
+        message = summarize_failure(self.exit_code, self.stderr_tail)
+        if self.output_disk_full:
+            # Its stderr went to the same full disk: say why it may be silent.
+            message += " (No space left on device for the job's output)"
+        return message
 
 
 # A tick callback: called every tick while the command runs, and whenever one
@@ -94,6 +101,12 @@ class Spool:
     def __init__(self, path):
         self.path = path
         self._fd = None
+        # A spool by this name may be left by a dead worker whose PID we now
+        # have, and its job's orphans may still write to it: start afresh.
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
         self._open()
 
     def _open(self):
@@ -120,9 +133,26 @@ class Spool:
         return tail.decode("utf-8", errors="replace")
 
     def _rotate(self, destination):
-        os.replace(self.path, destination)
+        try:
+            os.replace(self.path, destination)
+        except FileNotFoundError:
+            # The logs directory (or this spool) was removed under us. What
+            # the run wrote is still in our open file: recreate the directory
+            # and copy it, rather than lose it or fail the worker.
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            self._copy_to(destination)
         os.close(self._fd)
         self._open()
+
+    def _copy_to(self, destination):
+        with open(destination, "wb") as target:
+            offset = 0
+            while True:
+                data = os.pread(self._fd, 1 << 20, offset)
+                if not data:
+                    break
+                target.write(data)
+                offset += len(data)
 
     def close(self, remove=True):
         if self._fd is not None:
@@ -222,7 +252,17 @@ def run_command(
     result.duration = clock() - started
     result.stdout_tail = stdout.collect(stdout_dest)
     result.stderr_tail = stderr.collect(stderr_dest)
+    if not result.succeeded:
+        result.output_disk_full = _is_low_on_space(stdout_dest)
     return result
+
+
+def _is_low_on_space(path):
+    try:
+        info = os.statvfs(os.path.dirname(path))
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+    return info.f_bavail * info.f_frsize < LOW_SPACE_BYTES
 
 
 class _ChildWaiter:
