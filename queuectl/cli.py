@@ -429,6 +429,61 @@ def stats(app, as_json):
         click.echo(output.render_stats(numbers))
 
 
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--attempt", "number", type=click.IntRange(1), help="Attempt N instead of the latest one.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing output until the attempt ends (waiting for it to start).")
+@click.option("--tail", "-n", "lines", type=click.IntRange(0), help="Only the last N lines of each stream.")
+@json_option
+@pass_app
+def logs(app, job_id, number, follow, lines, as_json):
+    """Show a job's output: its stdout on stdout, its stderr on stderr.
+
+    Shows the latest attempt unless --attempt N is given (after a DLQ retry,
+    the latest attempt numbered N). Output comes from the attempt's log files
+    in the queue home; once log retention has removed them, from the last
+    4 KB kept in the database. --json prints the attempt with the end of each
+    stream (4 KB, or --tail N lines) and the paths of its log files.
+    """
+    from queuectl import logfiles
+
+    if follow and as_json:
+        raise click.UsageError("--follow and --json cannot be combined")
+    storage = app.storage()
+    find = logfiles.wait_for_attempt if follow else logfiles.find_attempt
+    attempt = find(storage, job_id, number)
+    if as_json:
+        from queuectl import output
+
+        output.echo_json(logfiles.summary(app.home, attempt, lines))
+        return
+    attempt, from_database = logfiles.copy_output(
+        app.home,
+        attempt,
+        logfiles.reloader(storage, attempt),
+        _stream_writer(sys.stdout, flush=follow),
+        _stream_writer(sys.stderr, flush=follow),
+        tail=lines,
+        follow=follow,
+    )
+    for stream in from_database:
+        name = "stdout" if stream == "out" else "stderr"
+        click.echo(
+            f"Note: the {name} log file of attempt {attempt.number} was removed by log retention; "
+            "shown above is the last 4 KB kept in the database",
+            err=True,
+        )
+
+
+def _stream_writer(stream, flush):
+    def write(text):
+        stream.write(text)
+        if flush:
+            stream.flush()
+
+    return write
+
+
 # --- DLQ -----------------------------------------------------------------------
 
 

@@ -165,6 +165,8 @@ SETTINGS = {
     "job_timeout": Setting(0, _number(0), "default per-job time limit in seconds (0 = none)"),
     "lease_seconds": Setting(30, _number(0, exclusive=True), "a claim lapses this long after the worker's last renewal"),
     "poll_interval": Setting(1.0, _number(0, exclusive=True), "longest an idle worker waits before looking again"),
+    "log_retention_days": Setting(7, _number(0), "delete attempt logs older than this many days (0 = no age limit)"),
+    "log_max_mb": Setting(1024, _number(0), "keep attempt logs under this many MB, deleting the oldest (0 = no size limit)"),
 }
 
 

@@ -34,6 +34,10 @@ class JobNotFoundError(QueueCtlError):
     """No such job."""
 
 
+class AttemptNotFoundError(QueueCtlError):
+    """The job has no such attempt."""
+
+
 class DuplicateJobError(QueueCtlError):
     """A job with this id already exists."""
 

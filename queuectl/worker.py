@@ -3,7 +3,11 @@
 One iteration, in order:
 
 1. Stop if a graceful stop was requested (SIGINT / SIGTERM between jobs).
-2. Reap claims whose lease ran out (their worker died), at most once a second.
+2. Housekeeping, outside any transaction since it may take a moment: at
+   most once a second, reap claims whose lease ran out (their worker died),
+   first stopping whatever is left of their runs and giving a dead worker's
+   spooled output to its attempt; every few minutes, delete attempt logs
+   past their retention.
 3. Claim the next due job: highest priority, then oldest (nothing while
    the queue is paused).
 4. If none is due, wait until the next job becomes due, an ``enqueue`` or
@@ -36,13 +40,14 @@ import socket
 import time
 
 from queuectl import config as config_mod
-from queuectl import executor, wakeup
+from queuectl import executor, logfiles, wakeup
 from queuectl.errors import JobNotFoundError
 from queuectl.jobs import AttemptResult, JobState, format_seconds, retry_delay
 
 logger = logging.getLogger("queuectl.worker")
 
 REAP_INTERVAL_SECONDS = 1.0
+LOG_PRUNE_INTERVAL_SECONDS = 300.0
 ERROR_PAUSE_SECONDS = 1.0
 # How often a running job's claim is re-read. A read is cheap (WAL readers
 # never block or write), so cancellation takes effect within about this long
@@ -72,6 +77,7 @@ class Worker:
         self.abort_requested = False
         self._stop_announced = False
         self._last_reap = 0.0
+        self._last_prune = 0.0
         self._paused_logged = False
         self._wake = None
         self._spools = ()
@@ -85,8 +91,9 @@ class Worker:
         Returns the exit status: 0, or 130 when a second Ctrl+C cut a job short.
         """
         os.makedirs(self.home.logs_dir, exist_ok=True)
-        spool = os.path.join(self.home.logs_dir, f".{self.worker_id}")
-        self._spools = (executor.Spool(spool + ".out"), executor.Spool(spool + ".err"))
+        self._spools = tuple(
+            executor.Spool(logfiles.spool_path(self.home, self.worker_id, stream)) for stream in logfiles.STREAMS
+        )
         self._install_signal_handlers()
         self._wake = wakeup.WakeSocket()
         self._register()
@@ -96,6 +103,7 @@ class Worker:
             while not self.stop_requested:
                 try:
                     if job is None:
+                        self._housekeep()
                         job = self._claim()
                     if job is not None:
                         job = self._process(job)
@@ -119,14 +127,25 @@ class Worker:
         logger.info("Worker %s stopped", self.worker_id)
         return 130 if self.abort_requested else 0
 
-    def _claim(self):
-        """Reap lost claims (at most once a second), then claim the next due job."""
+    def _housekeep(self):
+        """Reap lost claims (at most once a second) and prune logs (every few minutes).
+
+        Never inside a transaction: stopping a lost run may take the kill
+        grace, and no other worker should wait on our write lock meanwhile.
+        """
         settings = self.config.current()
         now = self.clock()
         if now - self._last_reap >= REAP_INTERVAL_SECONDS:
             self._last_reap = now
             self._reap(settings, now)
-        job = self.storage.claim(self.worker_id, now, settings["lease_seconds"])
+        if now - self._last_prune >= LOG_PRUNE_INTERVAL_SECONDS:
+            self._last_prune = now
+            self._prune_logs(settings, now)
+
+    def _claim(self):
+        """Claim the next due job, if any."""
+        settings = self.config.current()
+        job = self.storage.claim(self.worker_id, self.clock(), settings["lease_seconds"])
         if job is not None and self._paused_logged:
             self._note_pause()
         return job
@@ -175,6 +194,7 @@ class Worker:
             wake_fds=[self._signal_r] if self._signal_r is not None else [],
             claim=job.claim_token,
         )
+        self._housekeep()
         # Recording this outcome and claiming the next job share one commit.
         with self.storage.batch():
             self._record(job, run, self.config.current())
@@ -248,13 +268,58 @@ class Worker:
         def retry_at(job):
             return None if job.is_exhausted else now + self._retry_delay(job, settings)
 
-        for job in self.storage.reap_expired(now, retry_at):
+        reaped = self.storage.reap_expired(now, retry_at)
+        for job in reaped:
             logger.warning(
                 "Job %s lost its worker %s (lease expired); attempt %d/%d counted as failed",
                 job.id, job.worker_id, job.attempts, job.attempt_limit,
             )
             if job.state.value == "dlq":
                 logger.info("Job %s moved to DLQ after %d attempts", job.id, job.attempts)
+        self._adopt_spools([job for job in expired if job.id in {r.id for r in reaped}])
+
+    def _adopt_spools(self, jobs):
+        """Move a dead worker's spooled output to its lost attempt's log files.
+
+        Only for a worker on this host that is provably gone: a live worker
+        whose lease merely lapsed (stopped, starved) still owns its spools.
+        The dead worker's registry entry goes too.
+        """
+        from queuectl.supervisor import identify_worker
+
+        here = socket.gethostname()
+        registry = {row["worker_id"]: row for row in self.storage.list_workers()}
+        for job in jobs:
+            row = registry.get(job.worker_id)
+            if job.worker_id == self.worker_id or row is None or row["hostname"] != here:
+                continue  # our own spools (a reused PID), or not ours to touch
+            if identify_worker(row["pid"], row["process_started_at"]):
+                continue
+            for stream in logfiles.STREAMS:
+                try:
+                    os.replace(
+                        logfiles.spool_path(self.home, job.worker_id, stream),
+                        logfiles.attempt_path(self.home, job.attempt_id, stream),
+                    )
+                except FileNotFoundError:
+                    pass
+            self.storage.unregister_worker(job.worker_id)
+
+    def _prune_logs(self, settings, now):
+        try:
+            removed = logfiles.prune(
+                self.home,
+                self.storage.running_attempt_ids,
+                lambda: {row["worker_id"] for row in self.storage.list_workers()},
+                now=now,
+                max_age_seconds=settings["log_retention_days"] * 86400,
+                max_bytes=settings["log_max_mb"] * 1024 * 1024,
+            )
+        except OSError as exc:
+            logger.warning("Could not prune old logs: %s", exc)
+            return
+        if removed:
+            logger.info("Removed %d log file(s) past their retention", removed)
 
     # --- waiting -----------------------------------------------------------
 

@@ -87,7 +87,7 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def expired_claims(self, now: float) -> List[Job]:
-        """Claims whose lease ran out before ``now`` (read only).
+        """Claims whose lease ran out before ``now`` (read only), with ``attempt_id`` set.
 
         The reaper looks at these first, to stop what is left of their runs
         before ``reap_expired`` makes the jobs claimable again.

@@ -183,6 +183,13 @@ SQL_EXPIRED = f"""
 SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'processing' AND lease_expires_at < ?
 """
 
+# expired_claims_with_attempt: expired claims, each with the id of its open attempt.
+SQL_EXPIRED_WITH_ATTEMPT = f"""
+SELECT {JOB_COLUMNS},
+       (SELECT max(a.id) FROM attempts a WHERE a.job_seq = jobs.seq AND a.number = jobs.attempts)
+  FROM jobs WHERE state = 'processing' AND lease_expires_at < ?
+"""
+
 # any_expired: cheap read-only check before taking the write lock to reap.
 SQL_ANY_EXPIRED = "SELECT 1 FROM jobs WHERE state = 'processing' AND lease_expires_at < ? LIMIT 1"
 
@@ -547,7 +554,13 @@ class SqliteStorage(Storage):
 
     def expired_claims(self, now):
         with self._errors():
-            return [_job_from_row(row) for row in self._conn.execute(SQL_EXPIRED, (now,))]
+            rows = self._conn.execute(SQL_EXPIRED_WITH_ATTEMPT, (now,)).fetchall()
+        jobs = []
+        for row in rows:
+            job = _job_from_row(row[:-1])
+            job.attempt_id = row[-1]
+            jobs.append(job)
+        return jobs
 
     def reap_expired(self, now, retry_at):
         with self._errors():
