@@ -98,7 +98,7 @@ def test_sigkilled_worker_job_reruns_on_another_worker_without_overlap(queue, tm
         id="crash",
         command=(
             f'n=5; [ -e {first_run} ] || {{ touch {first_run}; n=100; }}; '
-            f'echo "start $$" >> {marks}; i=0; '
+            f'echo "run $$"; echo "start $$" >> {marks}; i=0; '
             f'while [ $i -lt $n ]; do echo "tick $$" >> {marks}; sleep 0.1; i=$((i+1)); done; '
             f'echo "end $$" >> {marks}'
         ),
@@ -133,6 +133,11 @@ def test_sigkilled_worker_job_reruns_on_another_worker_without_overlap(queue, tm
     log = queue.log_of(second)
     assert "Stopped the orphaned run of job crash (attempt 1)" in log
     assert "lost its worker" in log
+    # The dead worker's spooled output became the lost attempt's log, and its
+    # registry entry is gone.
+    assert queue.run("logs", "crash", "--attempt", "1").stdout == f"run {first_pid}\n"
+    assert queue.run("logs", "crash").stdout == f"run {second_pid}\n"
+    assert f"worker-{first.pid}" not in json.loads(queue.run("status", "--json").stdout)["workers"]["ids"]
 
 
 def test_slow_job_keeps_its_lease_while_its_worker_lives(queue, tmp_path):
@@ -399,3 +404,243 @@ def test_force_stop_kills_the_job_and_the_lease_brings_it_back(queue, tmp_path):
     queue.wait_state("stuck", "completed", timeout=15)
     assert read(runs).split() == ["run", "run"]
     assert queue.job("stuck")["attempts"] == 2
+    first, _ = attempts_of(queue, "stuck")
+    assert first.error_message.endswith("was lost (lease expired)")
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+def test_500mb_of_output_leaves_the_worker_small_and_logs_show_its_tail(queue):
+    configure(queue)
+    size = 500_000_000
+    queue.enqueue(id="big", command=f"head -c {size} /dev/zero; echo; echo the-very-end")
+    worker = queue.start_worker()
+    samples, stop = [], threading.Event()
+    sampler = threading.Thread(target=rss_sampler, args=(worker.pid, stop, samples))
+    sampler.start()
+    try:
+        queue.wait_state("big", "completed", timeout=90)
+    finally:
+        stop.set()
+        sampler.join()
+    try:
+        assert len(samples) > 10
+        assert max(samples) < 100 * 1024 * 1024, f"worker RSS peaked at {max(samples) / 2**20:.0f} MB"
+        (attempt,) = attempts_of(queue, "big")
+        assert attempt.stdout_tail.endswith("\nthe-very-end\n")
+        assert len(attempt.stdout_tail.encode()) <= 4096
+
+        result = queue.run("logs", "big", "--tail", "1")
+        assert result.stdout == "the-very-end\n"
+        summary = json.loads(queue.run("logs", "big", "--json", "--tail", "2").stdout)
+        assert summary["stdout"].endswith("\nthe-very-end\n")
+        assert os.path.getsize(summary["stdout_file"]) == size + len("\nthe-very-end\n")
+    finally:
+        for name in os.listdir(queue.home.logs_dir):
+            os.unlink(os.path.join(queue.home.logs_dir, name))
+
+
+def test_output_that_is_not_utf8_is_stored_and_shown_with_replacement_characters(queue):
+    configure(queue)
+    queue.enqueue(id="bytes", command=r"printf 'caf\351 \377\n'; printf '\300oops\n' >&2; exit 3", max_retries=1)
+    queue.start_worker()
+    queue.wait_state("bytes", "dlq")
+
+    job = queue.job("bytes")
+    assert job["error_message"] == "Exit code 3: \ufffdoops"
+    assert "\ufffdoops" in queue.run("dlq", "list").stdout
+    (attempt,) = attempts_of(queue, "bytes")
+    assert (attempt.stdout_tail, attempt.stderr_tail) == ("caf\ufffd \ufffd\n", "\ufffdoops\n")
+    shown = queue.run("logs", "bytes")
+    assert (shown.stdout, shown.stderr) == ("caf\ufffd \ufffd\n", "\ufffdoops\n")
+
+
+def test_logs_follow_waits_for_the_job_and_streams_it_to_the_end(queue, tmp_path):
+    configure(queue)
+    release, followed = tmp_path / "release", tmp_path / "followed"
+    queue.enqueue(id="live", command=f"echo first; while [ ! -e {release} ]; do sleep 0.05; done; echo second; echo done >&2")
+    with open(followed, "w") as sink:
+        # Started before any worker: it waits for the first attempt to begin.
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "queuectl", "logs", "live", "--follow"],
+            env=dict(os.environ, QUEUECTL_HOME=queue.path),
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            queue.start_worker()
+            wait_for(lambda: read(followed) == "first\n", what="the follower to print the first line")
+            assert follower.poll() is None
+            release.touch()
+            _, err = follower.communicate(timeout=15)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+    assert follower.returncode == 0
+    assert read(followed) == "first\nsecond\n"
+    assert err == "done\n"
+
+
+def test_log_retention_removes_the_oldest_logs_and_logs_falls_back_to_the_database(queue):
+    configure(queue, log_max_mb=0.002)  # about 2 KB
+    for name in ("one", "two", "three"):
+        queue.enqueue(id=name, command=f"head -c 1000 /dev/zero | tr '\\0' a; echo; echo {name}")
+    queue.run("worker", "run", "--burst")
+    assert len(os.listdir(queue.home.logs_dir)) == 3
+
+    queue.run("worker", "run", "--burst")  # a worker prunes as it starts
+    kept = sorted(os.listdir(queue.home.logs_dir))
+    assert kept == [f"{attempts_of(queue, 'two')[0].id}.out", f"{attempts_of(queue, 'three')[0].id}.out"]
+
+    old = queue.run("logs", "one", "--tail", "1")
+    assert old.stdout == "one\n"
+    assert "removed by log retention" in old.stderr
+    recent = queue.run("logs", "three", "--tail", "1")
+    assert (recent.stdout, recent.stderr) == ("three\n", "")
+
+
+def test_a_removed_logs_directory_does_not_break_the_worker(queue):
+    configure(queue)
+    worker = queue.start_worker()
+    queue.enqueue(id="before", command="echo before")
+    queue.wait_state("before", "completed")
+    subprocess.run(["rm", "-rf", queue.home.logs_dir], check=True)
+
+    queue.enqueue(id="after", command="echo after; echo warn >&2")
+    queue.wait_state("after", "completed")
+    assert queue.job("after")["attempts"] == 1
+    shown = queue.run("logs", "after")
+    assert (shown.stdout, shown.stderr) == ("after\n", "warn\n")
+    assert worker.poll() is None
+    assert "Traceback" not in queue.log_of(worker)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MB file system for the logs, or a skip where mounting is not allowed."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("needs permission to mount a small tmpfs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_the_attempt_clearly_and_the_retry_succeeds_once_there_is_room(queue, tiny_disk):
+    configure(queue, backoff_base=2, backoff_max_delay=300)
+    os.symlink(tiny_disk, queue.home.logs_dir)
+    filler = tiny_disk / "filler"
+    filler.write_bytes(b"x" * 1_000_000)
+    queue.enqueue(id="writer", command="head -c 200000 /dev/zero; echo; echo written", max_retries=3)
+    worker = queue.start_worker()
+
+    queue.wait_state("writer", "failed")
+    job = queue.job("writer")
+    assert "No space left on device" in job["error_message"]
+    filler.unlink()  # room again, before the retry 2 s later
+    queue.wait_state("writer", "completed", timeout=15)
+    assert queue.job("writer")["attempts"] == 2
+    assert queue.run("logs", "writer", "--tail", "1").stdout == "written\n"
+    assert worker.poll() is None
+
+
+# --- starting jobs -----------------------------------------------------------------------
+
+
+def test_a_missing_cwd_fails_to_start_with_a_clear_message(queue, tmp_path):
+    configure(queue)
+    missing = tmp_path / "no" / "such" / "dir"
+    queue.enqueue(id="nowhere", command="true", cwd=str(missing), max_retries=1)
+    queue.enqueue(id="fine", command="true")
+    worker = queue.start_worker()
+    queue.wait_state("nowhere", "dlq")
+    queue.wait_state("fine", "completed")
+    assert queue.job("nowhere")["error_message"] == f"Failed to start: No such file or directory: {missing}"
+    assert worker.poll() is None
+
+
+def test_non_ascii_ids_commands_and_environment(queue, tmp_path):
+    configure(queue)
+    target = tmp_path / "greeting"
+    greeting = "héllo wörld ✓ 日本"
+    queue.enqueue(id="jöb-✓", command=f'printf "%s" "$GREETING" > {target}; echo "ünï $GREETING"', env={"GREETING": greeting})
+    queue.start_worker()
+    queue.wait_state("jöb-✓", "completed")
+    assert target.read_bytes() == greeting.encode("utf-8")
+    assert queue.run("logs", "jöb-✓").stdout == f"ünï {greeting}\n"
+    assert "jöb-✓" in queue.run("list").stdout
+
+
+# --- storage faults ------------------------------------------------------------------------
+
+KILL_MID_CLAIM = """
+import os, signal, sys, time
+from queuectl.config import Home
+from queuectl.storage import open_storage, sqlite
+
+storage = open_storage(Home(sys.argv[1]), durable=False)
+connection = storage._conn
+
+class DiesBeforeTheAttemptRow:
+    def __getattr__(self, name):
+        return getattr(connection, name)
+
+    def execute(self, sql, *args):
+        if sql is sqlite.SQL_OPEN_ATTEMPT:  # the claim's UPDATE has run, uncommitted
+            os.kill(os.getpid(), signal.SIGKILL)
+        return connection.execute(sql, *args)
+
+storage._conn = DiesBeforeTheAttemptRow()
+storage.claim("worker-doomed", time.time(), 30)
+"""
+
+
+def test_a_worker_killed_between_claim_and_attempt_row_leaves_the_job_untouched(queue):
+    queue.enqueue(id="atomic", command="echo ran")
+    killed = subprocess.run([sys.executable, "-c", KILL_MID_CLAIM, queue.path], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    job = queue.job("atomic")
+    assert (job["state"], job["attempts"], job["worker_id"]) == ("pending", 0, None)
+    assert attempts_of(queue, "atomic") == []
+    queue.run("worker", "run", "--burst")  # claimable at once: no lease to wait out
+    assert queue.job("atomic")["state"] == "completed"
+    assert [a.number for a in attempts_of(queue, "atomic")] == [1]
+
+
+def test_a_failed_database_write_loses_no_job(queue, monkeypatch):
+    """The outcome of a run can't be written (disk full): the worker carries
+    on, and the job, still claimed, is reaped and run again: at-least-once."""
+    from queuectl.errors import StorageError
+    from queuectl.storage import open_storage
+    from queuectl.worker import Worker
+
+    configure(queue, lease_seconds=30)
+    queue.enqueue(id="unlucky", command="echo ran >> runs")
+
+    class FullDisk:
+        def __init__(self, storage):
+            self._storage = storage
+
+        def __getattr__(self, name):
+            return getattr(self._storage, name)
+
+        def complete(self, job, result, now):
+            raise StorageError("database or disk is full")
+
+    monkeypatch.setattr("queuectl.worker.ERROR_PAUSE_SECONDS", 0)
+    with open_storage(queue.home, durable=False) as storage:
+        assert Worker(queue.home, FullDisk(storage), burst=True).run() == 0
+        assert queue.job("unlucky")["state"] == "processing"
+        # Later (past the lease), a healthy worker reaps the claim and runs the job again.
+        later = lambda: time.time() + 60  # noqa: E731
+        assert Worker(queue.home, storage, burst=True, clock=later).run() == 0
+    job = queue.job("unlucky")
+    assert (job["state"], job["attempts"]) == ("completed", 2)
+    assert read(os.path.join(queue.path, "runs")) == "ran\nran\n"
+    first, second = attempts_of(queue, "unlucky")
+    assert first.error_message.endswith("was lost (lease expired)")
+    assert second.error_message is None
