@@ -105,11 +105,11 @@ def write_atomically(path, text):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
-def _fsync_directory(directory):
-    # Makes the rename itself durable; not possible (or needed) everywhere.
+def fsync_directory(directory):
+    """Make a rename or a new file in ``directory`` durable (where the OS allows it)."""
     with contextlib.suppress(OSError, AttributeError):
         fd = os.open(directory, os.O_RDONLY)
         try:

@@ -193,3 +193,22 @@ def test_running_attempt_ids_are_those_of_open_claims(storage):
     assert storage.running_attempt_ids() == {b.attempt_id}
     storage.reap_expired(T0 + 100, never_retry)
     assert storage.running_attempt_ids() == set()
+
+
+def test_expired_claims_name_their_open_attempt(storage):
+    add(storage, "a")
+    claimed = storage.claim("w1", T0, LEASE)
+    (expired,) = storage.expired_claims(T0 + LEASE + 1)
+    assert expired.attempt_id == claimed.attempt_id
+    assert expired.claim_token == claimed.claim_token
+
+
+def test_commands_commit_durably_and_workers_may_batch(tmp_path):
+    # FULL: a commit is on disk before `enqueue` says so. NORMAL (WAL): a
+    # power cut may lose the last worker transitions, which only re-runs jobs.
+    levels = {}
+    for durable in (True, False):
+        with SqliteStorage(str(tmp_path / "queue.db"), durable=durable) as store:
+            levels[durable] = store._conn.execute("PRAGMA synchronous").fetchone()[0]
+            assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert levels == {True: 2, False: 1}

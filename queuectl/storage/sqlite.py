@@ -16,8 +16,10 @@ never loses one.
 
 import contextlib
 import json
+import os
 import sqlite3
 
+from queuectl.config import fsync_directory
 from queuectl.errors import DuplicateJobError, InvalidTransitionError, JobNotFoundError, StorageError
 from queuectl.jobs import (
     CANCELLABLE_STATES,
@@ -403,6 +405,10 @@ class SqliteStorage(Storage):
                         self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version == 0:
+                # A new database file: SQLite syncs its contents and its WAL,
+                # not the directory entry of the file itself.
+                fsync_directory(os.path.dirname(self.path))
 
     def _scalar(self, sql, params=()):
         row = self._conn.execute(sql, params).fetchone()
