@@ -23,6 +23,8 @@ CONFIG_NAME = "queuectl.config.json"
 PIDFILE_NAME = "workers.pid"
 WORKER_LOG_NAME = "workers.log"
 LOGS_DIR_NAME = "logs"
+# An attempt's two output streams, as its log files end: <attempt_id>.out / .err.
+LOG_STREAMS = ("out", "err")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class Home:
     def attempt_log_path(self, attempt_id, stream):
         """Where one attempt's full ``stream`` ("out" or "err") is kept."""
         return os.path.join(self.logs_dir, f"{attempt_id}.{stream}")
+
+    def spool_path(self, worker_id, stream):
+        """Where a worker's running job writes ``stream`` (renamed to the attempt's log when it ends)."""
+        return os.path.join(self.logs_dir, f".{worker_id}.{stream}")
 
     def ensure(self):
         """Create the home if needed; fail with one clear line if we can't."""

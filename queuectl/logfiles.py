@@ -1,4 +1,4 @@
-"""Attempt output on disk: where it lives, reading it back, following it, retention.
+"""Attempt output on disk: reading it back and following it.
 
 While an attempt runs, its output goes to its worker's spool files
 (``logs/.<worker_id>.out`` and ``.err``). When the run ends the worker
@@ -7,48 +7,29 @@ renames a spool that received output to the attempt's own file
 stream that printed nothing gets no file. So a running attempt is read from
 its worker's spool and a finished one from its own files, at the same byte
 offsets (the rename keeps the file). The database keeps the last 4 KB of each
-stream, which stands in when the files have been removed.
-
-Retention: a worker deletes the files of finished attempts older than
-``log_retention_days`` and, oldest first, whatever takes the logs past
-``log_max_mb``. Files of attempts still running are never touched.
+stream, which stands in when retention (see ``maintenance``) has removed
+the files.
 """
 
 import codecs
 import os
-import re
 import time
 
+from queuectl.config import LOG_STREAMS
 from queuectl.errors import AttemptNotFoundError
 from queuectl.jobs import CLAIMABLE_STATES, OUTPUT_TAIL_BYTES, JobState
 
-STREAMS = ("out", "err")
 # Read this much of a stream at a time, so a 1 GB log costs 1 MB of memory.
 CHUNK_BYTES = 1 << 20
 # `--tail N` scans back at most this far for N line breaks; a longer last line is cut.
 TAIL_SCAN_BYTES = 1 << 20
-# Spools and `.late` files left by workers that are gone are kept at least
-# this long: a worker creates its spools a moment before it registers.
-ORPHAN_SPOOL_MIN_AGE = 3600.0
-
-_ATTEMPT_FILE = re.compile(r"^(\d+)\.(out|err)$")
-_SPOOL_FILE = re.compile(r"^\.(.+)\.(out|err)(\.late)?$")
-
-
-def attempt_path(home, attempt_id, stream):
-    """The file an attempt's ``stream`` ("out" or "err") is kept in once it ends."""
-    return os.path.join(home.logs_dir, f"{attempt_id}.{stream}")
-
-
-def spool_path(home, worker_id, stream):
-    """The file a worker's running job writes ``stream`` to."""
-    return os.path.join(home.logs_dir, f".{worker_id}.{stream}")
 
 
 def current_path(home, attempt, stream):
+    """Where ``stream`` of ``attempt`` is now: its worker's spool while it runs, else its own file."""
     if attempt.finished_at is None:
-        return spool_path(home, attempt.worker_id, stream)
-    return attempt_path(home, attempt.id, stream)
+        return home.spool_path(attempt.worker_id, stream)
+    return home.attempt_log_path(attempt.id, stream)
 
 
 # --- choosing an attempt -----------------------------------------------------------
@@ -225,8 +206,8 @@ def _missing_streams(home, attempt):
     if attempt.finished_at is None:
         return []
     return [
-        stream for stream in STREAMS
-        if _stored_tail(attempt, stream) and not os.path.exists(attempt_path(home, attempt.id, stream))
+        stream for stream in LOG_STREAMS
+        if _stored_tail(attempt, stream) and not os.path.exists(home.attempt_log_path(attempt.id, stream))
     ]
 
 
@@ -269,71 +250,3 @@ def read_tail(home, attempt, stream, lines=None, limit=OUTPUT_TAIL_BYTES):
     if not chunks:
         return tail_lines(stored, lines) if lines is not None and stored else stored
     return b"".join(chunks).decode("utf-8", errors="replace")
-
-
-# --- retention -------------------------------------------------------------------
-
-
-def prune(home, running_attempt_ids, live_worker_ids, *, now, max_age_seconds, max_bytes):
-    """Delete old attempt logs; returns how many files were removed.
-
-    ``running_attempt_ids()`` and ``live_worker_ids()`` are called after the
-    directory was listed, so a file listed belongs to an attempt (or worker)
-    that already existed when they answer: a running one is always spared.
-    ``max_age_seconds`` / ``max_bytes`` of 0 mean no limit.
-    """
-    attempts, spools = _scan(home.logs_dir)
-    running = running_attempt_ids()
-    live = live_worker_ids()
-    doomed = []
-
-    total = sum(size for _, files in attempts.values() for _, size in files)
-    finished = sorted(
-        (newest, attempt_id, files) for attempt_id, (newest, files) in attempts.items() if attempt_id not in running
-    )
-    for newest, _, files in finished:  # oldest first
-        too_old = max_age_seconds and now - newest > max_age_seconds
-        if too_old or (max_bytes and total > max_bytes):
-            doomed.extend(path for path, _ in files)
-            total -= sum(size for _, size in files)
-
-    spool_age = max(max_age_seconds or 0, ORPHAN_SPOOL_MIN_AGE)
-    for worker_id, path, mtime in spools:
-        if worker_id not in live and now - mtime > spool_age:
-            doomed.append(path)
-
-    removed = 0
-    for path in doomed:
-        try:
-            os.unlink(path)
-            removed += 1
-        except FileNotFoundError:
-            pass  # another worker pruned it first
-    return removed
-
-
-def _scan(logs_dir):
-    """({attempt_id: (newest mtime, [(path, size)])}, [(worker_id, path, mtime)])."""
-    attempts, spools = {}, []
-    try:
-        entries = list(os.scandir(logs_dir))
-    except FileNotFoundError:
-        return attempts, spools
-    for entry in entries:
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        # The rename that ends a run updates ctime: a quiet job's log counts
-        # from when the job ended, not from when it last printed.
-        changed = max(info.st_mtime, info.st_ctime)
-        match = _ATTEMPT_FILE.match(entry.name)
-        if match:
-            newest, files = attempts.get(int(match.group(1)), (0.0, []))
-            files.append((entry.path, info.st_size))
-            attempts[int(match.group(1))] = (max(newest, changed), files)
-            continue
-        match = _SPOOL_FILE.match(entry.name)
-        if match:
-            spools.append((match.group(1), entry.path, changed))
-    return attempts, spools

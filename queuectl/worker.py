@@ -40,7 +40,7 @@ import socket
 import time
 
 from queuectl import config as config_mod
-from queuectl import executor, logfiles, wakeup
+from queuectl import executor, maintenance, wakeup
 from queuectl.errors import JobNotFoundError
 from queuectl.jobs import AttemptResult, JobState, format_seconds, retry_delay
 
@@ -92,7 +92,7 @@ class Worker:
         """
         os.makedirs(self.home.logs_dir, exist_ok=True)
         self._spools = tuple(
-            executor.Spool(logfiles.spool_path(self.home, self.worker_id, stream)) for stream in logfiles.STREAMS
+            executor.Spool(self.home.spool_path(self.worker_id, stream)) for stream in config_mod.LOG_STREAMS
         )
         self._install_signal_handlers()
         self._wake = wakeup.WakeSocket()
@@ -295,11 +295,11 @@ class Worker:
                 continue  # our own spools (a reused PID), or not ours to touch
             if identify_worker(row["pid"], row["process_started_at"]):
                 continue
-            for stream in logfiles.STREAMS:
+            for stream in config_mod.LOG_STREAMS:
                 try:
                     os.replace(
-                        logfiles.spool_path(self.home, job.worker_id, stream),
-                        logfiles.attempt_path(self.home, job.attempt_id, stream),
+                        self.home.spool_path(job.worker_id, stream),
+                        self.home.attempt_log_path(job.attempt_id, stream),
                     )
                 except FileNotFoundError:
                     pass
@@ -307,7 +307,7 @@ class Worker:
 
     def _prune_logs(self, settings, now):
         try:
-            removed = logfiles.prune(
+            removed = maintenance.prune_logs(
                 self.home,
                 self.storage.running_attempt_ids,
                 lambda: {row["worker_id"] for row in self.storage.list_workers()},

@@ -379,7 +379,7 @@ def test_concurrent_starts_add_workers_and_keep_workers_pid_consistent(queue):
     assert sorted(status["workers"]["pids"]) == recorded
 
     result = queue.run("worker", "stop", "--timeout", "10")
-    assert f"Stopping 7 worker(s)" in result.stdout
+    assert "Stopping 7 worker(s)" in result.stdout
     assert all(is_gone(pid) for pid in recorded)
     assert json.loads(read(queue.home.pidfile_path))["workers"] == []
 

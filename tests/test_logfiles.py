@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from queuectl import logfiles
+from queuectl import logfiles, maintenance
 from queuectl.jobs import Attempt
 
 DAY = 86400.0
@@ -77,14 +77,14 @@ def test_tail_offset_across_blocks(tmp_path):
 
 
 def test_finished_attempt_is_read_from_its_own_files(logs):
-    write(logfiles.attempt_path(logs, 1, "out"), b"one\ntwo\n")
-    write(logfiles.attempt_path(logs, 1, "err"), b"oops\n")
+    write(logs.attempt_log_path(1, "out"), b"one\ntwo\n")
+    write(logs.attempt_log_path(1, "err"), b"oops\n")
     assert collect(logs, attempt()) == ("one\ntwo\n", "oops\n", [])
     assert collect(logs, attempt(), tail=1) == ("two\n", "oops\n", [])
 
 
 def test_running_attempt_is_read_from_its_workers_spool(logs):
-    write(logfiles.spool_path(logs, "worker-7", "out"), b"so far\n")
+    write(logs.spool_path("worker-7", "out"), b"so far\n")
     assert collect(logs, attempt(finished=False)) == ("so far\n", "", [])
 
 
@@ -92,13 +92,13 @@ def test_output_of_the_workers_next_job_is_never_shown(logs):
     # The attempt printed nothing, ended, and the worker's next job already
     # writes to the same (reused) spool. Reading it, then seeing the attempt
     # ended, the reader must drop those bytes.
-    write(logfiles.spool_path(logs, "worker-7", "out"), b"NEXT JOB\n")
+    write(logs.spool_path("worker-7", "out"), b"NEXT JOB\n")
     running, ended = attempt(finished=False), attempt(finished=True)
     assert collect(logs, running, reload=lambda: ended) == ("", "", [])
 
 
 def test_following_continues_into_the_renamed_file(logs):
-    spool = write(logfiles.spool_path(logs, "worker-7", "out"), b"first\n")
+    spool = write(logs.spool_path("worker-7", "out"), b"first\n")
     states = iter([attempt(finished=False)] * 3 + [attempt(finished=True)] * 10)
 
     def reload():
@@ -106,7 +106,7 @@ def test_following_continues_into_the_renamed_file(logs):
         if current.finished_at is not None and os.path.exists(spool):
             with open(spool, "ab") as handle:
                 handle.write(b"last\n")
-            os.replace(spool, logfiles.attempt_path(logs, 1, "out"))
+            os.replace(spool, logs.attempt_log_path(1, "out"))
         return current
 
     out, err, _ = collect(logs, attempt(finished=False), reload=reload, follow=True, sleep=lambda s: None)
@@ -116,7 +116,7 @@ def test_following_continues_into_the_renamed_file(logs):
 def test_bytes_that_are_not_utf8_become_replacement_characters(logs, monkeypatch):
     # A character split across read chunks still decodes whole.
     monkeypatch.setattr(logfiles, "CHUNK_BYTES", 3)
-    write(logfiles.attempt_path(logs, 1, "out"), "añb€c".encode() + b"\xff\xfe!")
+    write(logs.attempt_log_path(1, "out"), "añb€c".encode() + b"\xff\xfe!")
     out, _, _ = collect(logs, attempt())
     assert out == "añb€c\ufffd\ufffd!"
 
@@ -145,7 +145,7 @@ def test_find_attempt_picks_the_latest_with_a_number():
 
 
 def prune(home, running=(), live=(), days=7, max_bytes=0):
-    return logfiles.prune(
+    return maintenance.prune_logs(
         home, lambda: set(running), lambda: set(live),
         now=NOW, max_age_seconds=days * DAY, max_bytes=max_bytes,
     )
@@ -156,36 +156,36 @@ def names(home):
 
 
 def test_prune_deletes_finished_attempts_past_their_age(logs):
-    write(logfiles.attempt_path(logs, 1, "out"), b"x", age=8 * DAY)
-    write(logfiles.attempt_path(logs, 1, "err"), b"x", age=8 * DAY)
-    write(logfiles.attempt_path(logs, 2, "out"), b"x", age=1 * DAY)
+    write(logs.attempt_log_path(1, "out"), b"x", age=8 * DAY)
+    write(logs.attempt_log_path(1, "err"), b"x", age=8 * DAY)
+    write(logs.attempt_log_path(2, "out"), b"x", age=1 * DAY)
     assert prune(logs) == 2
     assert names(logs) == ["2.out"]
 
 
 def test_prune_never_touches_a_running_attempt(logs):
-    write(logfiles.attempt_path(logs, 1, "out"), b"x" * 100, age=30 * DAY)
+    write(logs.attempt_log_path(1, "out"), b"x" * 100, age=30 * DAY)
     assert prune(logs, running={1}, max_bytes=10) == 0
     assert names(logs) == ["1.out"]
 
 
 def test_prune_keeps_the_logs_under_the_size_cap_oldest_first(logs):
     for attempt_id, age in [(1, 5), (2, 4), (3, 3), (4, 2)]:
-        write(logfiles.attempt_path(logs, attempt_id, "out"), b"x" * 100, age=age * 3600)
+        write(logs.attempt_log_path(attempt_id, "out"), b"x" * 100, age=age * 3600)
     assert prune(logs, max_bytes=250) == 2
     assert names(logs) == ["3.out", "4.out"]
 
 
 def test_zero_means_no_limit(logs):
-    write(logfiles.attempt_path(logs, 1, "out"), b"x" * 100, age=400 * DAY)
+    write(logs.attempt_log_path(1, "out"), b"x" * 100, age=400 * DAY)
     assert prune(logs, days=0, max_bytes=0) == 0
 
 
 def test_prune_removes_spools_of_gone_workers_only_when_old(logs):
-    write(logfiles.spool_path(logs, "worker-1", "out"), b"x", age=2 * DAY)  # gone, old
-    write(logfiles.spool_path(logs, "worker-2", "out") + ".late", b"x", age=30 * DAY)  # gone, old
-    write(logfiles.spool_path(logs, "worker-3", "out"), b"x", age=60)  # not registered yet
-    write(logfiles.spool_path(logs, "worker-4", "out"), b"x", age=30 * DAY)  # live
+    write(logs.spool_path("worker-1", "out"), b"x", age=2 * DAY)  # gone, old
+    write(logs.spool_path("worker-2", "out") + ".late", b"x", age=30 * DAY)  # gone, old
+    write(logs.spool_path("worker-3", "out"), b"x", age=60)  # not registered yet
+    write(logs.spool_path("worker-4", "out"), b"x", age=30 * DAY)  # live
     assert prune(logs, live={"worker-4"}, days=1) == 2
     assert names(logs) == [".worker-3.out", ".worker-4.out"]
 
