@@ -100,6 +100,36 @@ class App:
 pass_app = click.make_pass_decorator(App)
 
 
+class Seconds(click.ParamType):
+    """A finite number of seconds within a range (FloatRange lets NaN through)."""
+
+    name = "seconds"
+
+    def __init__(self, minimum=0.0, maximum=365 * 86400.0):
+        self.minimum, self.maximum = minimum, maximum
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not (self.minimum <= number <= self.maximum):  # also false for NaN
+            self.fail(f"{value!r} is not a number of seconds from {self.minimum:g} to {self.maximum:g}", param, ctx)
+        return number
+
+
+# Row counts: a ceiling far above any queue, below SQLite's integer limit.
+COUNT = click.IntRange(1, 2**62)
+COUNT_OR_ZERO = click.IntRange(0, 2**62)
+
+
+def _read_text(handle):
+    try:
+        return handle.read()
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{handle.name} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
 def json_option(func):
     """``--json``: machine-readable output, shared by every read command."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
@@ -161,7 +191,7 @@ def enqueue(app, job_json, job_file, priority, delay, run_at):
         raise click.UsageError("give a job as JSON or a file with -f (exactly one)")
     if delay is not None and run_at is not None:
         raise click.UsageError("give --delay or --run-at, not both")
-    text = job_json if job_json is not None else job_file.read()
+    text = job_json if job_json is not None else _read_text(job_file)
     overrides = {}
     if priority is not None:
         overrides["priority"] = priority
@@ -219,7 +249,7 @@ def worker_start(app, count):
 
 
 @worker.command("stop")
-@click.option("--timeout", type=click.FloatRange(0), default=60.0, show_default=True, help="Seconds to wait for current jobs to finish.")
+@click.option("--timeout", type=Seconds(), default=60.0, show_default=True, help="Seconds to wait for current jobs to finish.")
 @click.option("--force", is_flag=True, help="Kill workers (and their jobs) still running after --timeout.")
 @pass_app
 def worker_stop(app, timeout, force):
@@ -285,7 +315,7 @@ def _configure_logging(log_file):
 
 @cli.command()
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl+C.")
-@click.option("--interval", type=click.FloatRange(0.1), default=2.0, show_default=True, metavar="SECONDS", help="Seconds between refreshes with --watch.")
+@click.option("--interval", type=Seconds(0.1, 86400), default=2.0, show_default=True, metavar="SECONDS", help="Seconds between refreshes with --watch.")
 @json_option
 @pass_app
 def status(app, watch, interval, as_json):
@@ -332,7 +362,7 @@ def _sort_key(ctx, param, value):
 
 @cli.command("list")
 @click.option("--state", "states", multiple=True, callback=_state_list, shell_complete=_complete_states, help="Only jobs in this state (repeatable; 'dead' = dlq).")
-@click.option("--limit", type=click.IntRange(1), help="Show at most N jobs [default: all].")
+@click.option("--limit", type=COUNT, help="Show at most N jobs [default: all].")
 @click.option(
     "--sort",
     metavar="KEY",
@@ -378,7 +408,7 @@ def list_jobs(app, states, limit, sort, reverse, as_json):
 
 @cli.command()
 @click.argument("job_id", metavar="ID")
-@click.option("--lines", "tail_lines", type=click.IntRange(0), default=20, show_default=True, help="Lines of each output stream to show.")
+@click.option("--lines", "tail_lines", type=COUNT_OR_ZERO, default=20, show_default=True, help="Lines of each output stream to show.")
 @json_option
 @pass_app
 def show(app, job_id, tail_lines, as_json):
@@ -431,9 +461,9 @@ def stats(app, as_json):
 
 @cli.command()
 @click.argument("job_id", metavar="ID")
-@click.option("--attempt", "number", type=click.IntRange(1), help="Attempt N instead of the latest one.")
+@click.option("--attempt", "number", type=COUNT, help="Attempt N instead of the latest one.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing output until the attempt ends (waiting for it to start).")
-@click.option("--tail", "-n", "lines", type=click.IntRange(0), help="Only the last N lines of each stream.")
+@click.option("--tail", "-n", "lines", type=COUNT_OR_ZERO, help="Only the last N lines of each stream.")
 @json_option
 @pass_app
 def logs(app, job_id, number, follow, lines, as_json):
@@ -493,7 +523,7 @@ def dlq():
 
 
 @dlq.command("list")
-@click.option("--limit", type=click.IntRange(1), help="Show at most N jobs.")
+@click.option("--limit", type=COUNT, help="Show at most N jobs.")
 @json_option
 @pass_app
 def dlq_list(app, limit, as_json):

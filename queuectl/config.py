@@ -102,6 +102,11 @@ def write_atomically(path, text):
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
     try:
+        # mkstemp creates the file 0600; give it the mode a plain write would.
+        if hasattr(os, "fchmod"):
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -127,34 +132,40 @@ def fsync_directory(directory):
 # --- settings --------------------------------------------------------------
 
 
-def _int_at_least(minimum):
+def _integer(minimum, maximum):
     def parse(raw):
         try:
             value = int(str(raw).strip())
         except ValueError:
-            raise ConfigError(f"must be an integer >= {minimum}") from None
-        if value < minimum:
-            raise ConfigError(f"must be an integer >= {minimum}")
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise ConfigError(f"must be an integer from {minimum} to {maximum}")
         return value
 
     return parse
 
 
-def _number(minimum, *, exclusive=False):
+def _number(minimum, maximum, *, exclusive=False):
+    """A finite number in range. Upper bounds keep every derived time
+    (now + delay, now + lease) representable, and catch typos like 1e300."""
+
     def parse(raw):
         text = str(raw).strip()
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        ok = math.isfinite(value) and (value > minimum if exclusive else value >= minimum)
-        if not ok:
+        low_ok = value > minimum if exclusive else value >= minimum
+        if not (math.isfinite(value) and low_ok and value <= maximum):
             relation = ">" if exclusive else ">="
-            raise ConfigError(f"must be a number {relation} {minimum:g}")
+            raise ConfigError(f"must be a number {relation} {minimum:g} and <= {maximum:g}")
         # Keep whole numbers as ints so `config get` prints 2, not 2.0.
         return int(value) if value.is_integer() and "." not in text else value
 
     return parse
+
+
+YEAR = 365 * 86400
 
 
 @dataclass(frozen=True)
@@ -165,14 +176,15 @@ class Setting:
 
 
 SETTINGS = {
-    "max_retries": Setting(3, _int_at_least(0), "most attempts a job gets before the DLQ"),
-    "backoff_base": Setting(2, _number(1), "retry n waits backoff_base ** n seconds"),
-    "backoff_max_delay": Setting(300, _number(0), "cap on one retry wait, in seconds"),
-    "job_timeout": Setting(0, _number(0), "default per-job time limit in seconds (0 = none)"),
-    "lease_seconds": Setting(30, _number(0, exclusive=True), "a claim lapses this long after the worker's last renewal"),
-    "poll_interval": Setting(1.0, _number(0, exclusive=True), "longest an idle worker waits before looking again"),
-    "log_retention_days": Setting(7, _number(0), "delete attempt logs older than this many days (0 = no age limit)"),
-    "log_max_mb": Setting(1024, _number(0), "keep attempt logs under this many MB, deleting the oldest (0 = no size limit)"),
+    "max_retries": Setting(3, _integer(0, 1_000_000), "most attempts a job gets before the DLQ"),
+    "backoff_base": Setting(2, _number(1, 1000), "retry n waits backoff_base ** n seconds"),
+    "backoff_max_delay": Setting(300, _number(0, YEAR), "cap on one retry wait, in seconds"),
+    "job_timeout": Setting(0, _number(0, YEAR), "default per-job time limit in seconds (0 = none)"),
+    # A lease must outlast several renewal ticks (at least every 0.05 s).
+    "lease_seconds": Setting(30, _number(0.2, 86400), "a claim lapses this long after the worker's last renewal"),
+    "poll_interval": Setting(1.0, _number(0, 3600, exclusive=True), "longest an idle worker waits before looking again"),
+    "log_retention_days": Setting(7, _number(0, 36500), "delete attempt logs older than this many days (0 = no age limit)"),
+    "log_max_mb": Setting(1024, _number(0, 1_000_000_000), "keep attempt logs under this many MB, deleting the oldest (0 = no size limit)"),
 }
 
 

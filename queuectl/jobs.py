@@ -273,11 +273,7 @@ def parse_job_spec(spec, *, now, default_max_retries, default_cwd):
         allowed = ", ".join(JOB_FIELDS)
         raise ValidationError(f"unknown field {unknown[0]!r} (allowed: {allowed})")
 
-    job_id = spec.get("id")
-    if job_id is None:
-        job_id = uuid.uuid4().hex
-    else:
-        job_id = _check_id(job_id)
+    job_id = _check_id(spec["id"]) if "id" in spec else uuid.uuid4().hex
 
     command = spec.get("command")
     if command is None:
@@ -286,8 +282,7 @@ def parse_job_spec(spec, *, now, default_max_retries, default_cwd):
         raise ValidationError(f"field 'command' must be a string, got {_json_type(command)}")
     if not command.strip():
         raise ValidationError("field 'command' must not be empty")
-    if "\x00" in command:
-        raise ValidationError("field 'command' must not contain NUL characters")
+    _check_text(command, "field 'command'")
 
     max_retries = _int_field(spec, "max_retries", default_max_retries, minimum=0)
     priority = _int_field(spec, "priority", 0)
@@ -303,23 +298,23 @@ def parse_job_spec(spec, *, now, default_max_retries, default_cwd):
     elif "delay" in spec:
         next_run_at = now + _number_field(spec, "delay", 0)
 
-    cwd = spec.get("cwd", default_cwd)
-    if cwd is not None and (not isinstance(cwd, str) or not cwd):
-        raise ValidationError("field 'cwd' must be a non-empty string")
-    if cwd is not None and "\x00" in cwd:
-        raise ValidationError("field 'cwd' must not contain NUL characters")
+    cwd = default_cwd
+    if "cwd" in spec:
+        cwd = spec["cwd"]
+        if not isinstance(cwd, str) or not cwd:
+            raise ValidationError(f"field 'cwd' must be a non-empty string, got {_json_type(cwd)}")
+        _check_text(cwd, "field 'cwd'")
 
     env = spec.get("env", {})
     if not isinstance(env, dict):
         raise ValidationError(f"field 'env' must be an object of strings, got {_json_type(env)}")
     for key, value in env.items():
-        if not key or "=" in key or "\x00" in key:
+        if not key or "=" in key:
             raise ValidationError(f"field 'env' has an invalid variable name {key!r}")
+        _check_text(key, "field 'env' variable name")
         if not isinstance(value, str):
             raise ValidationError(f"field 'env' value for {key!r} must be a string")
-        if "\x00" in value:
-            # The OS can't pass it; refused now rather than failing every attempt.
-            raise ValidationError(f"field 'env' value for {key!r} must not contain NUL characters")
+        _check_text(value, f"field 'env' value for {key!r}")
 
     return Job(
         id=job_id,
@@ -335,9 +330,20 @@ def parse_job_spec(spec, *, now, default_max_retries, default_cwd):
     )
 
 
+def _check_text(text, what):
+    """Refuse strings the OS can't pass to a process (they'd fail every attempt)."""
+    if "\x00" in text:
+        raise ValidationError(f"{what} must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} contains an unpaired surrogate (invalid Unicode)") from None
+
+
 def _check_id(job_id):
     if not isinstance(job_id, str):
         raise ValidationError(f"field 'id' must be a string, got {_json_type(job_id)}")
+    _check_text(job_id, "field 'id'")
     if not job_id.strip():
         raise ValidationError("field 'id' must not be empty")
     if len(job_id) > MAX_ID_LENGTH:
@@ -407,8 +413,13 @@ def parse_time(text, name="time"):
         raise ValidationError(
             f"{name} {text!r} is not an ISO-8601 time (e.g. 2026-12-03T10:00:00Z)"
         ) from None
-    # astimezone() on a naive datetime interprets it in the local zone.
-    return moment.astimezone(timezone.utc).timestamp()
+    try:
+        # astimezone() on a naive datetime interprets it in the local zone.
+        stamp = moment.astimezone(timezone.utc).timestamp()
+        format_iso(stamp)  # must be representable again when shown
+    except (ValueError, OverflowError, OSError):
+        raise ValidationError(f"{name} {text!r} is out of range") from None
+    return stamp
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
@@ -515,12 +526,36 @@ def parse_job_batch(text, *, now, default_max_retries, default_cwd, overrides=No
     return jobs
 
 
+def _reject_duplicate_keys(pairs):
+    data = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"duplicate key {key!r}")
+        data[key] = value
+    return data
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+
+
+def _loads(text):
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _decode_specs(text):
-    stripped = text.strip()
+    # A byte order mark is what some Windows editors put first; it isn't data.
+    stripped = text.lstrip("\ufeff").strip()
     if not stripped:
         raise ValidationError("no jobs given (empty input)")
     try:
-        data = json.loads(stripped)
+        data = _loads(stripped)
     except ValueError as first_error:
         # Not one JSON document: maybe JSON lines, one job per line.
         if "\n" not in stripped or getattr(first_error, "msg", "") != "Extra data":
@@ -530,7 +565,7 @@ def _decode_specs(text):
             if not line.strip():
                 continue
             try:
-                specs.append(json.loads(line))
+                specs.append(_loads(line))
             except ValueError as exc:
                 raise ValidationError(f"invalid JSON on line {number}: {_json_error(exc)}") from None
         return specs

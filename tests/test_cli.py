@@ -126,6 +126,14 @@ class TestEnqueue:
         assert result.exit_code == 2
         assert "No such file or directory" in one_error_line(result)
 
+    def test_file_that_is_not_utf8(self, run, home, tmp_path):
+        path = tmp_path / "latin1.json"
+        path.write_bytes('{"id": "caf\u00e9", "command": "true"}'.encode("latin-1"))
+        result = run("enqueue", "-f", str(path))
+        assert result.exit_code == 2
+        assert "is not UTF-8 text" in one_error_line(result)
+        assert job_ids(home) == []
+
     def test_home_that_cannot_be_created(self, tmp_path, monkeypatch):
         blocker = tmp_path / "a-file"
         blocker.write_text("not a directory")
@@ -248,12 +256,17 @@ class TestConfig:
         "key, value, message",
         [
             ("colour", "red", "unknown config key 'colour'"),
-            ("max_retries", "-1", "invalid value '-1' for max_retries: must be an integer >= 0"),
+            ("max_retries", "-1", "invalid value '-1' for max_retries: must be an integer from 0 to 1000000"),
+            ("max_retries", "99999999999999999999999", "must be an integer from 0 to 1000000"),
+            ("backoff_base", "1e300", "invalid value '1e300' for backoff_base: must be a number >= 1 and <= 1000"),
+            ("backoff_max_delay", "inf", "invalid value 'inf' for backoff_max_delay"),
+            ("poll_interval", "1e300", "invalid value '1e300' for poll_interval"),
             ("max_retries", "three", "invalid value 'three' for max_retries"),
             ("backoff_base", "0.5", "invalid value '0.5' for backoff_base: must be a number >= 1"),
             ("backoff_base", "nan", "invalid value 'nan' for backoff_base"),
             ("job_timeout", "-5", "invalid value '-5' for job_timeout"),
-            ("lease_seconds", "0", "invalid value '0' for lease_seconds: must be a number > 0"),
+            ("lease_seconds", "0", "invalid value '0' for lease_seconds: must be a number >= 0.2"),
+            ("lease_seconds", "0.01", "invalid value '0.01' for lease_seconds"),
         ],
     )
     def test_bad_keys_and_values_change_nothing(self, run, home, key, value, message):
@@ -310,6 +323,23 @@ def test_python_dash_m_and_help_work():
     assert proc.returncode == 0
     for command in ("enqueue", "worker", "status", "list", "dlq", "config"):
         assert re.search(rf"^\s+{command}\s", proc.stdout, re.M), command
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["list", "--limit", "99999999999999999999999"], "Invalid value for '--limit'"),
+        (["list", "--limit", "0"], "Invalid value for '--limit'"),
+        (["status", "--watch", "--interval", "nan"], "'nan' is not a number of seconds"),
+        (["worker", "stop", "--timeout", "nan"], "'nan' is not a number of seconds"),
+        (["worker", "stop", "--timeout", "-1"], "'-1' is not a number of seconds"),
+        (["worker", "start", "--count", "0"], "Invalid value for '--count'"),
+    ],
+)
+def test_out_of_range_options_are_usage_errors(run, args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert message in one_error_line(result)
 
 
 def test_unknown_command_is_one_line(run):

@@ -65,6 +65,15 @@ def test_every_field_is_honoured():
         ({"command": "x", "id": ""}, "field 'id' must not be empty"),
         ({"command": "x", "id": "a\nb"}, "field 'id' must not contain control characters"),
         ({"command": "x", "colour": "red"}, "unknown field 'colour'"),
+        ({"command": "x", "id": None}, "field 'id' must be a string, got null"),
+        ({"command": "x", "cwd": None}, "field 'cwd' must be a non-empty string, got null"),
+        ({"command": "x", "id": "a\ud800"}, "field 'id' contains an unpaired surrogate"),
+        ({"command": "echo \udfff"}, "field 'command' contains an unpaired surrogate"),
+        ({"command": "x", "env": {"A": "\ud800"}}, "field 'env' value for 'A' contains an unpaired surrogate"),
+        ({"command": "x", "env": {"A": "a\x00b"}}, "field 'env' value for 'A' must not contain NUL"),
+        ({"command": "x", "cwd": "/tmp\x00"}, "field 'cwd' must not contain NUL"),
+        ({"command": "x", "run_at": "0001-01-01T00:00:00+14:00"}, "is out of range"),
+        ({"command": "x", "run_at": "9999-12-31T23:59:59-14:00"}, "is out of range"),
     ],
 )
 def test_bad_fields_are_refused_by_name(fields, message):
@@ -152,6 +161,23 @@ class TestBatches:
     def test_empty_input(self, text):
         with pytest.raises(ValidationError, match="no jobs given"):
             self.parse(text)
+
+    @pytest.mark.parametrize(
+        "text, message",
+        [
+            ('{"id": "a", "id": "b", "command": "x"}', "duplicate key 'id'"),
+            ('{"command": "x", "timeout": NaN}', "NaN is not valid JSON"),
+            ('{"command": "x", "priority": -Infinity}', "-Infinity is not valid JSON"),
+            ("[" * 100_000, "nested too deeply"),
+        ],
+    )
+    def test_json_that_python_would_accept_but_we_refuse(self, text, message):
+        with pytest.raises(ValidationError, match="invalid JSON") as info:
+            self.parse(text)
+        assert message in info.value.message
+
+    def test_a_byte_order_mark_is_ignored(self):
+        assert [j.id for j in self.parse('\ufeff{"id": "a", "command": "x"}')] == ["a"]
 
     def test_malformed_json(self):
         with pytest.raises(ValidationError, match="invalid JSON"):
