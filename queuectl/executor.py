@@ -122,10 +122,17 @@ class Spool:
             # rather than mix it into the next job's log.
             self._rotate(self.path + ".late")
 
-    def collect(self, destination, limit=OUTPUT_TAIL_BYTES):
-        """Move what the run wrote to ``destination``; return its last ``limit`` bytes as text."""
+    def collect(self, destination, limit=OUTPUT_TAIL_BYTES, still_writing=False):
+        """Move what the run wrote to ``destination``; return its last ``limit`` bytes as text.
+
+        ``still_writing``: some of the run's processes outlived it, so the
+        spool moves to ``destination`` even while empty, taking their late
+        output with it instead of leaving it for the next job.
+        """
         size = os.fstat(self._fd).st_size
         if not size:
+            if still_writing:
+                self._rotate(destination)
             return ""
         start = max(0, size - limit)
         tail = os.pread(self._fd, size - start, start)
@@ -250,8 +257,9 @@ def run_command(
     else:
         result.exit_code = code
     result.duration = clock() - started
-    result.stdout_tail = stdout.collect(stdout_dest)
-    result.stderr_tail = stderr.collect(stderr_dest)
+    leftovers = not IS_WINDOWS and _group_alive(proc.pid)
+    result.stdout_tail = stdout.collect(stdout_dest, still_writing=leftovers)
+    result.stderr_tail = stderr.collect(stderr_dest, still_writing=leftovers)
     if not result.succeeded:
         result.output_disk_full = _is_low_on_space(stdout_dest)
     return result
@@ -329,6 +337,15 @@ def _kill_tree(proc, waiter):
     # Stragglers that ignored SIGTERM or outlived the shell go now.
     _signal_group(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def _group_alive(pgid):
+    """Whether any process of the job's group is still around (signal 0 probes)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _signal_group(pgid, signum):
