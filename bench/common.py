@@ -158,23 +158,24 @@ class Gate:
         os.close(fd)
 
 
-def tree_cpu_seconds(pid):
-    """User+system CPU seconds of a process and its live descendants."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root] + root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return None
-    total = 0.0
-    for proc in procs:
+def cpu_seconds_precise(pids):
+    """CPU seconds the given processes (all their threads, not their
+    children) have run, from /proc/PID/task/*/schedstat in nanoseconds:
+    finer than the 10 ms ticks of cpu_times, which matters for idle
+    processes. Processes that are gone count 0."""
+    total = 0
+    for pid in pids:
         try:
-            t = proc.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                    total += int(fh.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total / 1e9
 
 
 def tree_pids(pid):
@@ -335,3 +336,31 @@ class CpuSampler:
         self._done.set()
         self._thread.join(5)
         return sum(self.seconds.values())
+
+
+def cpu_busy_fraction(seconds):
+    """Share of all cores busy (any process) over `seconds`, from /proc/stat."""
+
+    def sample():
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    total = total1 - total0
+    return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
+def wait_for_quiet(max_seconds, threshold=0.15, window=3.0):
+    """Wait (at most max_seconds) until the machine is nearly idle: less than
+    `threshold` of its CPU busy over `window` seconds. Returns the last busy
+    share seen."""
+    deadline = now() + max_seconds
+    busy = cpu_busy_fraction(window)
+    while busy >= threshold and now() < deadline:
+        log(f"machine busy ({busy * 100:.0f} % of CPU used by others); waiting for it to quieten")
+        busy = cpu_busy_fraction(window)
+    return busy

@@ -505,7 +505,7 @@ class Rq(Peer):
         try:
             if not wait_until(lambda: _port_open(port), timeout=10):
                 raise RuntimeError("redis-server did not start")
-            yield port
+            yield port, proc
         finally:
             stop_process(proc, signal.SIGTERM, timeout=10)
 
@@ -525,7 +525,7 @@ class Rq(Peer):
         return proc
 
     def drain(self, n, workers):
-        with _tmp("rq") as d, self._redis(d) as port:
+        with _tmp("rq") as d, self._redis(d) as (port, _):
             env = self._prepare(d)
             client = _Client(d, env, "rq", str(port))
             try:
@@ -545,12 +545,13 @@ class Rq(Peer):
 
     @contextlib.contextmanager
     def live(self):
-        with _tmp("rq-live") as d, self._redis(d) as port:
+        with _tmp("rq-live") as d, self._redis(d) as (port, server):
             env = self._prepare(d)
             worker = self._worker(d, env, port, burst=False)
             client = _Client(d, env, "rq", str(port))
             try:
-                yield _PyLive(client, worker)
+                # The Redis server is part of what RQ costs while idle.
+                yield _PyLive(client, worker, server)
             finally:
                 client.close()
                 stop_process(worker, signal.SIGTERM, timeout=15)

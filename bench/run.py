@@ -29,12 +29,14 @@ from common import (  # noqa: E402
     BENCH_DIR,
     StartProbe,
     atomic_write,
+    cpu_busy_fraction,
     log,
     machine_info,
     now,
     rotate,
     tempdir,
-    tree_cpu_seconds,
+    cpu_seconds_precise,
+    wait_for_quiet,
 )
 
 SECTIONS = ("limits", "drain", "enqueue", "batch", "pickup", "depth", "idle", "profile")
@@ -42,6 +44,8 @@ SECTIONS = ("limits", "drain", "enqueue", "batch", "pickup", "depth", "idle", "p
 FULL = dict(
     jobs=2000,
     rq_jobs=500,
+    nq_jobs=500,
+    profile_jobs=1000,
     repeats=3,
     spawn_count=2000,
     startup_samples=20,
@@ -57,6 +61,8 @@ FULL = dict(
 QUICK = dict(
     jobs=300,
     rq_jobs=100,
+    nq_jobs=300,
+    profile_jobs=300,
     repeats=1,
     spawn_count=500,
     startup_samples=5,
@@ -78,6 +84,8 @@ def parse_args(argv):
     ap.add_argument("--only", help=f"comma-separated sections to run: {','.join(SECTIONS)}")
     ap.add_argument("--peers", help="comma-separated peers to include (tsp,nq,huey,rq; default all available)")
     ap.add_argument("--no-setup", action="store_true", help="do not run bench/setup.sh first")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="first wait up to SECONDS for the machine to be nearly idle (other work skews every figure)")
     ap.add_argument("--out", default=BENCH_DIR, help="directory for RESULTS.md, results.json, throughput.png")
     return ap.parse_args(argv)
 
@@ -87,7 +95,8 @@ def main(argv=None):
     cfg = dict(QUICK if args.quick else FULL)
     if args.jobs:
         cfg["jobs"] = args.jobs
-        cfg["rq_jobs"] = min(cfg["rq_jobs"], args.jobs)
+        for key in ("rq_jobs", "nq_jobs", "profile_jobs"):
+            cfg[key] = min(cfg[key], args.jobs)
     if args.repeats:
         cfg["repeats"] = args.repeats
     sections = set(SECTIONS if not args.only else args.only.split(","))
@@ -101,6 +110,14 @@ def main(argv=None):
         log("setup: bench/setup.sh (installs peers; idempotent)")
         subprocess.run(["bash", os.path.join(BENCH_DIR, "setup.sh")], check=False)
 
+    busy = None
+    if args.wait_quiet:
+        busy = wait_for_quiet(args.wait_quiet)
+    else:
+        busy = cpu_busy_fraction(2.0)
+    if busy > 0.15:
+        log(f"NOTE: {busy * 100:.0f} % of the CPU was busy with other work just before the run; figures will be noisy")
+
     started = time.time()
     results = {
         "meta": {
@@ -110,6 +127,7 @@ def main(argv=None):
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
             "machine": machine_info(),
             "loadavg_start": os.getloadavg(),
+            "busy_before": busy,
             "sections": sorted(sections),
         },
         "systems": {},
@@ -204,7 +222,7 @@ class Bench:
     # --- once, before the repeats ------------------------------------------
 
     def prepare(self, sections, queuectl):
-        if queuectl and "batch" in sections:
+        if queuectl and ("batch" in sections or "profile" in sections):
             self.batch_file = os.path.join(self.scratch, "batch.jsonl")
             qctl.write_jsonl(self.batch_file, self.cfg["batch_jobs"])
         if queuectl and "depth" in sections:
@@ -237,13 +255,16 @@ class Bench:
             except Exception:
                 self._error(f"limits {key}")
                 continue
+            if key == "spawn_serial":
+                value, cpu = value
+                self._put("limits", "spawn_serial_cpu", cpu)
             self._put("limits", key, value)
             log(f"limit {key}: {value:.4g}")
 
     def drain(self, r, order):
         for key in rotate(order, r):
             system = self.systems[key]
-            n = self.cfg["rq_jobs"] if key == "rq" else self.cfg["jobs"]
+            n = self.cfg.get(f"{key}_jobs", self.cfg["jobs"])
             for workers in rotate([1, 2], r):
                 if r == 0 and hasattr(system, "startup_cpu"):
                     try:
@@ -353,60 +374,95 @@ class Bench:
 
     @staticmethod
     def _cpu(live):
-        pids = live.pids()
-        if not pids:
-            return 0.0
-        return sum(tree_cpu_seconds(pid) or 0.0 for pid in pids if pid)
+        return cpu_seconds_precise(live.pids())
 
     def profile(self, q):
-        """cProfile of one burst worker draining the standard job count."""
-        log("profile: cProfile of one `worker run --burst` draining the drain job count")
+        """CPU profile of one burst worker draining the standard job count."""
+        log("profile: cProfile (CPU time) of one `worker run --burst` draining the drain job count")
         try:
-            self.results["profile"] = profile_worker(q, self.cfg["jobs"], self.scratch)
+            self.results["profile"] = profile_worker(q, self.cfg["profile_jobs"], self.scratch)
         except Exception:
             self._error("profile")
+        if self.batch_file:
+            log("profile: cProfile (CPU time) of one batch `enqueue -f`")
+            try:
+                self.results["profile_batch"] = profile_batch(q, self.batch_file, self.cfg["batch_jobs"], self.scratch)
+            except Exception:
+                self._error("profile batch")
 
     def close(self):
         for dq in self.depth_queues.values():
             dq.close()
 
 
-def profile_worker(q, n, scratch):
+_PROFILE_DRIVER = """
+import cProfile, sys, time
+from queuectl.cli import main
+out, argv = sys.argv[1], sys.argv[2:]
+# CPU time, not wall time: waiting for the job's process costs the worker
+# nothing, and other load on the machine does not inflate the figures.
+profiler = cProfile.Profile(time.process_time)
+sys.argv = ["queuectl", *argv]
+profiler.enable()
+try:
+    main()
+except SystemExit:
+    pass
+finally:
+    profiler.disable()
+    profiler.dump_stats(out)
+"""
+
+
+def profile_cli(home, argv, out_prefix):
+    """Run one queuectl command under the CPU-time profiler; returns
+    (pstats.Stats, wall seconds)."""
     import pstats
 
-    home = os.path.join(scratch, "profile")
-    os.makedirs(home)
-    path = os.path.join(home, "jobs.jsonl")
-    qctl.write_jsonl(path, n)
-    q.cli(home, "enqueue", "-f", path)
-    prof = os.path.join(home, "worker.prof")
+    prof = os.path.join(home, f"{out_prefix}.prof")
+    driver = os.path.join(home, "profile_driver.py")
+    with open(driver, "w") as fh:
+        fh.write(_PROFILE_DRIVER)
     t0 = now()
-    with open(os.path.join(home, "worker.log"), "w") as logfile:
+    with open(os.path.join(home, f"{out_prefix}.log"), "w") as logfile:
         subprocess.run(
-            [sys.executable, "-m", "cProfile", "-o", prof, "-m", "queuectl", "--home", home, "worker", "run", "--burst"],
+            [sys.executable, driver, prof, "--home", home, *argv],
             stdout=logfile,
             stderr=subprocess.STDOUT,
             check=True,
         )
-    wall = now() - t0
-    stats = pstats.Stats(prof)
-    total = stats.total_tt
+    return pstats.Stats(prof), now() - t0
+
+
+def summarize_profile(stats, n, wall, top=20):
     rows = []
     for (filename, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():
-        rows.append(
-            {
-                "function": f"{_short(filename)}:{line}({func})",
-                "calls": nc,
-                "tottime": tt,
-                "cumtime": ct,
-            }
-        )
-    by_own = sorted(rows, key=lambda x: -x["tottime"])[:15]
+        rows.append({"function": f"{_short(filename)}:{line}({func})", "calls": nc, "tottime": tt, "cumtime": ct})
+    by_own = sorted(rows, key=lambda x: -x["tottime"])[:top]
     by_cum = sorted(
-        (x for x in rows if "queuectl" in x["function"] or "subprocess" in x["function"] or "sqlite3" in x["function"]),
+        (x for x in rows if "queuectl/" in x["function"] and "cli.py" not in x["function"]),
         key=lambda x: -x["cumtime"],
-    )[:15]
-    return {"jobs": n, "wall": wall, "profiled_seconds": total, "top_own": by_own, "top_cumulative": by_cum}
+    )[:top]
+    return {"jobs": n, "wall": wall, "profiled_seconds": stats.total_tt, "top_own": by_own, "top_cumulative": by_cum}
+
+
+def profile_worker(q, n, scratch):
+    """CPU profile of one burst worker draining n no-op jobs."""
+    home = os.path.join(scratch, "profile-worker")
+    os.makedirs(home)
+    path = os.path.join(home, "jobs.jsonl")
+    qctl.write_jsonl(path, n)
+    q.cli(home, "enqueue", "-f", path)
+    stats, wall = profile_cli(home, ["worker", "run", "--burst"], "worker")
+    return summarize_profile(stats, n, wall)
+
+
+def profile_batch(q, path, n, scratch):
+    """CPU profile of one `enqueue -f` of n jobs into a fresh queue."""
+    home = os.path.join(scratch, "profile-batch")
+    os.makedirs(home)
+    stats, wall = profile_cli(home, ["enqueue", "-f", path], "batch")
+    return summarize_profile(stats, n, wall, top=12)
 
 
 def _short(filename):
