@@ -71,9 +71,12 @@ def _write_pidfile(home, entries):
     write_atomically(home.pidfile_path, json.dumps({"workers": entries}, indent=2) + "\n")
 
 
-def _update_pidfile(home, add=(), remove=()):
+def _update_pidfile(home, add=(), remove=(), drop_stale=False):
+    """Change workers.pid under the home's lock, so concurrent starts and stops all count."""
     with home.locked():
         entries = [e for e in read_pidfile(home) if e["pid"] not in set(remove)]
+        if drop_stale:
+            entries = [e for e in entries if identify_worker(e["pid"], e["create_time"])]
         entries.extend(add)
         _write_pidfile(home, entries)
 
@@ -129,14 +132,16 @@ def start_workers(home, storage, count):
     home.ensure()
     procs = [_spawn(home) for _ in range(count)]
     try:
-        _wait_registered(home, storage, procs)
+        started = _wait_registered(home, storage, procs)
     except BaseException:
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
         raise
-    entries = [{"pid": p.pid, "create_time": psutil.Process(p.pid).create_time()} for p in procs]
-    _update_pidfile(home, add=entries)
+    # The start times the workers registered: a worker that has exited since
+    # is then a stale entry like any other, not an error here.
+    entries = [{"pid": p.pid, "create_time": started[p.pid]} for p in procs]
+    _update_pidfile(home, add=entries, drop_stale=True)
     for proc in procs:
         proc.returncode = 0  # detached on purpose: don't warn that it still runs
     return [p.pid for p in procs]
@@ -158,13 +163,15 @@ def _spawn(home):
 
 
 def _wait_registered(home, storage, procs):
+    """Wait until each worker has registered; returns {pid: process start time}."""
     pending = {worker_name(p.pid): p for p in procs}
+    started = {}
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while pending:
-        registered = {row["worker_id"] for row in storage.list_workers()}
+        registered = {row["worker_id"]: row for row in storage.list_workers()}
         for name in list(pending):
             if name in registered:
-                del pending[name]
+                started[pending.pop(name).pid] = registered[name]["process_started_at"]
             elif pending[name].poll() is not None:
                 raise WorkerError(
                     f"worker exited during start-up (code {pending[name].returncode}); "
@@ -174,6 +181,7 @@ def _wait_registered(home, storage, procs):
             raise WorkerError(f"workers did not start within {STARTUP_TIMEOUT_SECONDS:.0f}s; see {home.worker_log_path}")
         if pending:
             time.sleep(0.05)
+    return started
 
 
 def _last_log_line(home):
