@@ -4,7 +4,8 @@ One iteration, in order:
 
 1. Stop if a graceful stop was requested (SIGINT / SIGTERM between jobs).
 2. Housekeeping, outside any transaction since it may take a moment: at
-   most once a second, reap claims whose lease ran out (their worker died),
+   most once a second, exit if the database file was deleted or replaced
+   (a clean slate made under us), and reap claims whose lease ran out (their worker died),
    first stopping whatever is left of their runs and giving a dead worker's
    spooled output to its attempt; every few minutes, delete attempt logs
    past their retention.
@@ -75,6 +76,7 @@ class Worker:
         self.config = config_mod.ConfigWatcher(home)
         self.stop_requested = False
         self.abort_requested = False
+        self.database_replaced = False
         self._stop_announced = False
         self._last_reap = 0.0
         self._last_prune = 0.0
@@ -104,6 +106,8 @@ class Worker:
                 try:
                     if job is None:
                         self._housekeep()
+                        if self.stop_requested:
+                            break
                         job = self._claim()
                     if job is not None:
                         job = self._process(job)
@@ -116,7 +120,7 @@ class Worker:
                     job = None
                     logger.exception("Worker %s hit an unexpected error; continuing", self.worker_id)
                     self._sleep(ERROR_PAUSE_SECONDS)
-            if self.stop_requested:
+            if self.stop_requested and not self.database_replaced:
                 logger.info("Worker %s received a stop signal; exiting", self.worker_id)
         finally:
             self._unregister()
@@ -137,6 +141,10 @@ class Worker:
         now = self.clock()
         if now - self._last_reap >= REAP_INTERVAL_SECONDS:
             self._last_reap = now
+            if self.storage.is_replaced():
+                logger.warning("The queue database was removed or replaced; worker %s exits", self.worker_id)
+                self.database_replaced = self.stop_requested = True
+                return
             self._reap(settings, now)
         if now - self._last_prune >= LOG_PRUNE_INTERVAL_SECONDS:
             self._last_prune = now

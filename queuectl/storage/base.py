@@ -220,6 +220,15 @@ class Storage(abc.ABC):
     # --- lifecycle ---------------------------------------------------------
 
     @abc.abstractmethod
+    def is_replaced(self) -> bool:
+        """Whether the database we opened is no longer the one at its location.
+
+        True once it was deleted or replaced (a "clean slate" while workers
+        ran): a worker still attached to it would serve a queue nobody can
+        reach, and be out of reach of ``status`` and ``worker stop``.
+        """
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the connection."""
 

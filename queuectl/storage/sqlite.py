@@ -354,6 +354,7 @@ class SqliteStorage(Storage):
         self._depth = 0
         self._conn = self._connect(durable)
         self._migrate()
+        self._identity = _file_identity(path)
 
     # --- connection --------------------------------------------------------
 
@@ -462,6 +463,9 @@ class SqliteStorage(Storage):
             raise  # a constraint the caller turns into a meaningful error
         except sqlite3.DatabaseError as exc:
             raise self._open_error(exc) from None
+
+    def is_replaced(self):
+        return _file_identity(self.path) != self._identity
 
     def close(self):
         self._conn.close()
@@ -783,6 +787,14 @@ class SqliteStorage(Storage):
         keys = ("worker_id", "pid", "hostname", "process_started_at", "started_at", "wake_address")
         with self._errors():
             return [dict(zip(keys, row)) for row in self._conn.execute(SQL_LIST_WORKERS)]
+
+
+def _file_identity(path):
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (info.st_dev, info.st_ino)
 
 
 def _marks(values):
