@@ -644,3 +644,79 @@ def test_a_failed_database_write_loses_no_job(queue, monkeypatch):
     first, second = attempts_of(queue, "unlucky")
     assert first.error_message.endswith("was lost (lease expired)")
     assert second.error_message is None
+
+
+def test_start_drops_stale_entries_from_workers_pid(queue):
+    configure(queue)
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = [
+            {"pid": bystander.pid, "create_time": psutil.Process(bystander.pid).create_time()},
+            {"pid": 999_999_999, "create_time": 1.0},
+        ]
+        with open(queue.home.pidfile_path, "w") as handle:
+            json.dump({"workers": stale}, handle)
+        out = queue.run("worker", "start", "--count", "1").stdout
+        pids = json.loads(out.splitlines()[1].split(":", 1)[1])
+        assert [e["pid"] for e in json.loads(read(queue.home.pidfile_path))["workers"]] == pids
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_workers_exit_when_their_database_is_deleted_under_them(queue):
+    # The guide's clean slate (delete queuectl.db and workers.pid) made while
+    # workers still run: they must not live on, unreachable, on a deleted file.
+    configure(queue)
+    out = queue.run("worker", "start", "--count", "2").stdout
+    pids = json.loads(out.splitlines()[1].split(":", 1)[1])
+    for name in ("queuectl.db", "queuectl.db-wal", "queuectl.db-shm", "workers.pid"):
+        try:
+            os.unlink(os.path.join(queue.path, name))
+        except FileNotFoundError:
+            pass
+    wait_for(lambda: all(is_gone(pid) for pid in pids), timeout=10, what="the workers to exit")
+    assert read(os.path.join(queue.path, "workers.log")).count("The queue database was removed or replaced") == 2
+
+
+def test_a_job_that_kills_its_own_process_group_cannot_take_the_worker_with_it(queue):
+    configure(queue)
+    queue.enqueue(id="group-kill", command="kill -KILL 0", max_retries=1)
+    queue.enqueue(id="after", command="true")
+    worker = queue.start_worker()
+    queue.wait_state("group-kill", "dlq")
+    queue.wait_state("after", "completed")
+    assert queue.job("group-kill")["error_message"] == "Killed by signal 9"
+    assert worker.poll() is None
+
+
+def test_a_stalled_worker_loses_its_job_without_overlap_and_its_late_result_is_discarded(queue, tmp_path):
+    # SIGSTOP stands in for a VM freeze or a swap storm: the worker is alive
+    # but can't renew. Its job (in a session of its own) keeps running.
+    configure(queue)
+    marks, first_run = tmp_path / "marks", tmp_path / "first-run"
+    queue.enqueue(
+        id="frozen",
+        command=(
+            f'n=3; [ -e {first_run} ] || {{ touch {first_run}; n=100; }}; '
+            f'i=0; while [ $i -lt $n ]; do echo "tick $$" >> {marks}; sleep 0.1; i=$((i+1)); done'
+        ),
+        max_retries=3,
+    )
+    stalled = queue.start_worker()
+    wait_for(lambda: "tick" in read(marks), what="the job to start")
+    stalled.send_signal(signal.SIGSTOP)
+    try:
+        rescuer = queue.start_worker()
+        queue.wait_state("frozen", "completed", timeout=20)
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    wait_for(lambda: "before it finished; its result was discarded" in queue.log_of(stalled), what="the stalled worker to notice")
+
+    job = queue.job("frozen")
+    assert (job["attempts"], job["worker_id"]) == (2, f"worker-{rescuer.pid}")
+    pids = [line.split()[1] for line in read(marks).splitlines()]
+    first, second = pids[0], pids[-1]
+    assert first != second and pids.index(second) > max(i for i, p in enumerate(pids) if p == first)
+    assert stalled.poll() is None, "the stalled worker should carry on"
