@@ -271,7 +271,10 @@ class Worker:
         leftovers = executor.stop_claimed([job.claim_token for job in expired])
         for job in expired:
             if job.claim_token in leftovers:
-                logger.warning("Stopped the orphaned run of job %s (attempt %d) left by worker %s", job.id, job.attempts, job.worker_id)
+                logger.warning(
+                    "Stopped the orphaned run of job %s (attempt %d) left by worker %s",
+                    job.id, job.attempts, job.worker_id,
+                )
 
         def retry_at(job):
             return None if job.is_exhausted else now + self._retry_delay(job, settings)
@@ -284,7 +287,8 @@ class Worker:
             )
             if job.state.value == "dlq":
                 logger.info("Job %s moved to DLQ after %d attempts", job.id, job.attempts)
-        self._adopt_spools([job for job in expired if job.id in {r.id for r in reaped}])
+        reaped_ids = {job.id for job in reaped}
+        self._adopt_spools([job for job in expired if job.id in reaped_ids])
 
     def _adopt_spools(self, jobs):
         """Move a dead worker's spooled output to its lost attempt's log files.

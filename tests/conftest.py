@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from queuectl.config import Home
@@ -35,6 +36,15 @@ def wait_for(condition, timeout=10.0, interval=0.05, what=None):
 def _no_outside_database(monkeypatch):
     # A QUEUECTL_DB from the developer's shell must never leak into a test.
     monkeypatch.delenv("QUEUECTL_DB", raising=False)
+
+
+def process_gone(pid):
+    """True once ``pid`` has exited. An exited process may linger as a zombie
+    until init reaps it (some containers' init never does); it no longer runs."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.fixture

@@ -13,24 +13,15 @@ import sys
 import time
 from datetime import datetime, timezone
 
-import psutil
 import pytest
 
-from conftest import wait_for
+from conftest import process_gone, wait_for
 from queuectl.jobs import Job
 from queuectl.storage import open_storage
 
 
 def parse_iso(text):
     return datetime.fromisoformat(text).timestamp()
-
-
-def process_gone(pid):
-    # An exited process may linger as a zombie until init reaps it; it is no longer running.
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def read_pid(path):

@@ -16,6 +16,7 @@ import time
 import psutil
 import pytest
 
+from conftest import process_gone as is_gone
 from conftest import wait_for
 from queuectl import config as config_mod
 
@@ -31,14 +32,6 @@ def configure(queue, **values):
     settings.update(values)
     for key, value in settings.items():
         config_mod.set_value(queue.home, key, value)
-
-
-def is_gone(pid):
-    """True once ``pid`` has exited (a zombie waiting to be reaped counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def processes_of_job(job_id):
@@ -77,6 +70,33 @@ def attempts_of(queue, job_id):
         return storage.attempts(job_id)
 
 
+def ticking_job(tmp_path):
+    """A command whose first run is long and later runs short.
+
+    Each run prints "run PID" and appends "start PID", a "tick PID" every
+    0.1 s and "end PID" to the returned marks file.
+    """
+    marks, first_run = tmp_path / "marks", tmp_path / "first-run"
+    command = (
+        f'n=5; [ -e {first_run} ] || {{ touch {first_run}; n=100; }}; '
+        f'echo "run $$"; echo "start $$" >> {marks}; i=0; '
+        f'while [ $i -lt $n ]; do echo "tick $$" >> {marks}; sleep 0.1; i=$((i+1)); done; '
+        f'echo "end $$" >> {marks}'
+    )
+    return command, marks
+
+
+def first_and_last_run(marks):
+    """PIDs of the first and the last run; fails if the first wrote after the last began."""
+    lines = [line.split() for line in read(marks).splitlines()]
+    starts = [i for i, (word, _) in enumerate(lines) if word == "start"]
+    first_pid, last_pid = lines[starts[0]][1], lines[starts[-1]][1]
+    assert first_pid != last_pid
+    assert all(pid == last_pid for _, pid in lines[starts[-1]:]), "the first run kept running after the re-run began"
+    assert ["end", last_pid] in lines
+    return first_pid, last_pid
+
+
 def rss_sampler(pid, stop, samples):
     while not stop.is_set():
         try:
@@ -91,19 +111,8 @@ def rss_sampler(pid, stop, samples):
 
 def test_sigkilled_worker_job_reruns_on_another_worker_without_overlap(queue, tmp_path):
     configure(queue)
-    marks, first_run = tmp_path / "marks", tmp_path / "first-run"
-    # Each run writes start, a tick every 0.1 s, then end, all tagged with its
-    # PID. The first run is long (it will be orphaned), later ones short.
-    queue.enqueue(
-        id="crash",
-        command=(
-            f'n=5; [ -e {first_run} ] || {{ touch {first_run}; n=100; }}; '
-            f'echo "run $$"; echo "start $$" >> {marks}; i=0; '
-            f'while [ $i -lt $n ]; do echo "tick $$" >> {marks}; sleep 0.1; i=$((i+1)); done; '
-            f'echo "end $$" >> {marks}'
-        ),
-        max_retries=3,
-    )
+    command, marks = ticking_job(tmp_path)  # the first run is long: it will be orphaned
+    queue.enqueue(id="crash", command=command, max_retries=3)
     first = queue.start_worker()
     wait_for(lambda: "tick" in read(marks), what="the job to start on the first worker")
     first.send_signal(signal.SIGKILL)
@@ -122,14 +131,9 @@ def test_sigkilled_worker_job_reruns_on_another_worker_without_overlap(queue, tm
     assert history[1].error_message is None
 
     # No overlap: once the second run has started, the first run writes nothing more.
-    lines = [line.split() for line in read(marks).splitlines()]
-    starts = [i for i, (word, _) in enumerate(lines) if word == "start"]
-    assert len(starts) == 2
-    first_pid, second_pid = lines[starts[0]][1], lines[starts[1]][1]
-    assert first_pid != second_pid
-    assert all(pid == second_pid for _, pid in lines[starts[1]:]), "the orphaned first run kept running"
-    assert ["end", second_pid] in lines
-    assert ["end", first_pid] not in lines
+    first_pid, second_pid = first_and_last_run(marks)
+    assert read(marks).count("start") == 2
+    assert f"end {first_pid}" not in read(marks)
     log = queue.log_of(second)
     assert "Stopped the orphaned run of job crash (attempt 1)" in log
     assert "lost its worker" in log
@@ -695,15 +699,8 @@ def test_a_stalled_worker_loses_its_job_without_overlap_and_its_late_result_is_d
     # SIGSTOP stands in for a VM freeze or a swap storm: the worker is alive
     # but can't renew. Its job (in a session of its own) keeps running.
     configure(queue)
-    marks, first_run = tmp_path / "marks", tmp_path / "first-run"
-    queue.enqueue(
-        id="frozen",
-        command=(
-            f'n=3; [ -e {first_run} ] || {{ touch {first_run}; n=100; }}; '
-            f'i=0; while [ $i -lt $n ]; do echo "tick $$" >> {marks}; sleep 0.1; i=$((i+1)); done'
-        ),
-        max_retries=3,
-    )
+    command, marks = ticking_job(tmp_path)
+    queue.enqueue(id="frozen", command=command, max_retries=3)
     stalled = queue.start_worker()
     wait_for(lambda: "tick" in read(marks), what="the job to start")
     stalled.send_signal(signal.SIGSTOP)
@@ -716,7 +713,5 @@ def test_a_stalled_worker_loses_its_job_without_overlap_and_its_late_result_is_d
 
     job = queue.job("frozen")
     assert (job["attempts"], job["worker_id"]) == (2, f"worker-{rescuer.pid}")
-    pids = [line.split()[1] for line in read(marks).splitlines()]
-    first, second = pids[0], pids[-1]
-    assert first != second and pids.index(second) > max(i for i, p in enumerate(pids) if p == first)
+    first_and_last_run(marks)
     assert stalled.poll() is None, "the stalled worker should carry on"
