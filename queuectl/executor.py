@@ -258,6 +258,14 @@ def run_command(
         result.exit_code = code
     result.duration = clock() - started
     leftovers = not IS_WINDOWS and _group_alive(proc.pid)
+    if not result.succeeded:
+        # A failed attempt leaves nothing running, so its retry can never
+        # overlap it: not its group's background processes, and not the ones
+        # that left the group (setsid), found by the run's claim marker.
+        if leftovers:
+            _stop_group(proc.pid)
+        if claim:
+            stop_claimed([claim])
     result.stdout_tail = stdout.collect(stdout_dest, still_writing=leftovers)
     result.stderr_tail = stderr.collect(stderr_dest, still_writing=leftovers)
     if not result.succeeded:
@@ -337,6 +345,15 @@ def _kill_tree(proc, waiter):
     # Stragglers that ignored SIGTERM or outlived the shell go now.
     _signal_group(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def _stop_group(pgid):
+    """Stop what is left of a group whose leader already exited: TERM, grace, KILL."""
+    _signal_group(pgid, signal.SIGTERM)
+    end = time.monotonic() + KILL_GRACE_SECONDS
+    while _group_alive(pgid) and time.monotonic() < end:
+        time.sleep(0.02)
+    _signal_group(pgid, signal.SIGKILL)
 
 
 def _group_alive(pgid):

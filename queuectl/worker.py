@@ -131,6 +131,9 @@ class Worker:
         logger.info("Worker %s stopped", self.worker_id)
         return 130 if self.abort_requested else 0
 
+    def _housekeeping_due(self):
+        return self.clock() - self._last_reap >= REAP_INTERVAL_SECONDS
+
     def _housekeep(self):
         """Reap lost claims (at most once a second) and prune logs (every few minutes).
 
@@ -202,7 +205,12 @@ class Worker:
             wake_fds=[self._signal_r] if self._signal_r is not None else [],
             claim=job.claim_token,
         )
-        self._housekeep()
+        if self._housekeeping_due():
+            # Record first: our own lease may have lapsed while the run was
+            # being stopped, and housekeeping must not reap the job we hold.
+            self._record(job, run, self.config.current())
+            self._housekeep()
+            return None if self.stop_requested else self._claim()
         # Recording this outcome and claiming the next job share one commit.
         with self.storage.batch():
             self._record(job, run, self.config.current())
@@ -230,6 +238,8 @@ class Worker:
         if run.stopped_because == CANCELLED_REASON:
             # The cancel already closed the job and its attempt; only the output is ours to add.
             self.storage.keep_output(job, result)
+            # The tree is gone (executor stopped it), so the job may be retried now.
+            self.storage.release_cancelled(job)
             logger.info("Job %s was cancelled; stopped its process tree (attempt %d/%d)", job.id, job.attempts, limit)
             return
         if run.succeeded:
@@ -262,6 +272,7 @@ class Worker:
         return retry_delay(job.attempts, settings["backoff_base"], settings["backoff_max_delay"])
 
     def _reap(self, settings, now):
+        self._release_abandoned_cancels(now)
         expired = self.storage.expired_claims(now)
         if not expired:
             return
@@ -289,6 +300,19 @@ class Worker:
                 logger.info("Job %s moved to DLQ after %d attempts", job.id, job.attempts)
         reaped_ids = {job.id for job in reaped}
         self._adopt_spools([job for job in expired if job.id in reaped_ids])
+
+    def _release_abandoned_cancels(self, now):
+        """Finish the stop of cancelled runs whose worker died before it could."""
+        abandoned = self.storage.stopping_cancelled(now)
+        if not abandoned:
+            return
+        executor.stop_claimed([job.claim_token for job in abandoned])
+        for job in abandoned:
+            if self.storage.release_cancelled(job):
+                logger.warning(
+                    "Job %s was cancelled but its worker %s was lost; stopped what was left of its run",
+                    job.id, job.worker_id,
+                )
 
     def _adopt_spools(self, jobs):
         """Move a dead worker's spooled output to its lost attempt's log files.

@@ -715,3 +715,61 @@ def test_a_stalled_worker_loses_its_job_without_overlap_and_its_late_result_is_d
     assert (job["attempts"], job["worker_id"]) == (2, f"worker-{rescuer.pid}")
     first_and_last_run(marks)
     assert stalled.poll() is None, "the stalled worker should carry on"
+
+
+# --- no run outlives its attempt ------------------------------------------------
+
+
+def test_a_timeout_also_stops_processes_that_left_the_job_group(queue, tmp_path):
+    configure(queue)
+    escaped = tmp_path / "escaped.pid"
+    queue.enqueue(
+        id="escape",
+        command=f"setsid sh -c 'echo $$ > {escaped}; sleep 30' & sleep 30",
+        timeout=1,
+        max_retries=1,
+    )
+    queue.start_worker()
+    pid = int(wait_for(lambda: read(escaped).strip(), what="the escaped process to start"))
+    queue.wait_state("escape", "dlq", timeout=15)
+    wait_for(lambda: is_gone(pid), timeout=5, what=f"escaped process {pid} to be stopped")
+    assert queue.job("escape")["error_message"] == "Timed out after 1s"
+
+
+def test_a_failed_attempt_leaves_nothing_running_for_its_retry_to_overlap(queue, tmp_path):
+    configure(queue)
+    pids = tmp_path / "background.pids"
+    queue.enqueue(id="leaky", command=f"sleep 30 & echo $! >> {pids}; exit 1", max_retries=2)
+    queue.start_worker()
+    queue.wait_state("leaky", "dlq", timeout=15)
+    background = [int(p) for p in read(pids).split()]
+    assert len(background) == 2
+    wait_for(lambda: all(is_gone(p) for p in background), timeout=5, what="each attempt's background sleep to be stopped")
+
+
+def test_retry_right_after_cancel_never_overlaps_the_cancelled_run(queue, tmp_path):
+    configure(queue, lease_seconds=5)
+    marks = tmp_path / "marks"
+    # Ignores SIGTERM, so the cancelled run lives through the whole kill grace.
+    command = f"trap '' TERM; while true; do echo \"$$ $(date +%s.%N)\" >> {marks}; sleep 0.05; done"
+    queue.enqueue(id="stubborn", command=command)
+    queue.start_worker()
+    queue.start_worker()
+    wait_for(lambda: read(marks).strip(), what="the first run to write")
+    queue.run("cancel", "stubborn")
+
+    def retried():
+        proc = queue.run("retry", "stubborn", check=False)
+        if proc.returncode == 0:
+            return True
+        assert "is still being stopped by" in proc.stderr, proc.stderr
+        return False
+
+    wait_for(retried, timeout=15, what="retry to be accepted")
+    wait_for(lambda: len({line.split()[0] for line in read(marks).splitlines()}) == 2, timeout=10, what="the second run to write")
+    queue.run("cancel", "stubborn")
+    lines = [line.split() for line in read(marks).splitlines()]
+    first_pid = lines[0][0]
+    last_of_first = max(float(t) for pid, t in lines if pid == first_pid)
+    first_of_second = min(float(t) for pid, t in lines if pid != first_pid)
+    assert last_of_first < first_of_second, "the cancelled run was still writing when its retry started"

@@ -367,12 +367,51 @@ class TestCancel:
         assert not storage.complete(job, OK, T0 + 2)
         storage.keep_output(job, AttemptResult(False, None, "Stopped: cancelled", "partial out", "partial err"))
         cancelled = storage.get("run")
-        assert (cancelled.state, cancelled.attempts, cancelled.lease_expires_at) == (JobState.CANCELLED, 1, None)
+        assert (cancelled.state, cancelled.attempts) == (JobState.CANCELLED, 1)
         [attempt] = storage.attempts("run")
         assert (attempt.finished_at, attempt.error_message) == (T0 + 1, "Cancelled while running")
         assert (attempt.stdout_tail, attempt.stderr_tail) == ("partial out", "partial err")
-        # Nothing for the reaper either: a cancelled job holds no lease.
+        # Nothing for the reaper to fail: the job is already finished.
         assert storage.reap_expired(T0 + 1000, lambda j: T0 + 1000) == []
+
+    def test_a_cancelled_run_blocks_retry_until_its_tree_is_stopped(self, storage):
+        add(storage, make("run"))
+        job = storage.claim("w", T0, LEASE)
+        storage.cancel("run", T0 + 1)
+        # Until the worker confirms its processes are gone, a retry would overlap them.
+        with pytest.raises(InvalidTransitionError, match="still being stopped by w"):
+            storage.revive("run", T0 + 2, RETRYABLE_STATES)
+        assert storage.stopping_cancelled(T0 + 2) == []
+        assert storage.release_cancelled(job)
+        assert storage.revive("run", T0 + 3, RETRYABLE_STATES).state is JobState.PENDING
+
+    def test_a_cancelled_run_whose_worker_died_is_released_by_the_reaper(self, storage):
+        add(storage, make("run"))
+        job = storage.claim("w", T0, LEASE)
+        storage.cancel("run", T0 + 1)
+        assert storage.stopping_cancelled(T0 + LEASE - 1) == []
+        [abandoned] = storage.stopping_cancelled(T0 + LEASE + 1)
+        assert abandoned.claim_token == job.claim_token
+        assert storage.release_cancelled(abandoned)
+        assert storage.get("run").lease_expires_at is None
+
+    def test_a_lapsed_lease_cannot_be_renewed(self, storage):
+        add(storage, make("a"))
+        job = storage.claim("w", T0, LEASE)
+        assert not storage.renew_lease(job, T0 + LEASE + 0.5, LEASE)
+        assert storage.get("a").lease_expires_at == T0 + LEASE
+
+    def test_same_worker_name_on_another_host_cannot_fence_in(self, storage):
+        # Two containers can both run "worker-1"; the claim time tells their claims apart.
+        add(storage, make("a", max_retries=1))
+        stale = storage.claim("worker-1", T0, LEASE)
+        storage.reap_expired(T0 + LEASE + 1, lambda j: None)
+        storage.revive("a", T0 + LEASE + 2)
+        fresh = storage.claim("worker-1", T0 + LEASE + 3, LEASE)
+        assert (fresh.attempts, fresh.worker_id) == (stale.attempts, stale.worker_id)
+        assert not storage.complete(stale, OK, T0 + LEASE + 4)
+        assert storage.get("a").state is JobState.PROCESSING
+        assert storage.complete(fresh, OK, T0 + LEASE + 5)
 
     @pytest.mark.parametrize("final", ["completed", "dlq", "cancelled"])
     def test_a_finished_job_cannot_be_cancelled(self, storage, final):

@@ -55,7 +55,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def renew_lease(self, job: Job, now: float, lease_seconds: float) -> bool:
-        """Extend the claim on ``job``; False if the claim is no longer ours."""
+        """Extend the claim on ``job``; False if the claim is no longer ours.
+
+        A lease that already ran out is not renewed: a lapsed claim can only be
+        reaped, never revived by a worker that was merely slow.
+        """
 
     @abc.abstractmethod
     def holds_claim(self, job: Job) -> bool:
@@ -101,6 +105,18 @@ class Storage(abc.ABC):
         job has no attempts left and goes to the DLQ. Returns the reaped jobs
         in their new state.
         """
+
+    @abc.abstractmethod
+    def stopping_cancelled(self, now: float) -> List[Job]:
+        """Jobs cancelled while running whose worker died before confirming the stop.
+
+        A cancelled running job keeps its lease until ``release_cancelled``;
+        these are the ones whose lease ran out first.
+        """
+
+    @abc.abstractmethod
+    def release_cancelled(self, job: Job) -> bool:
+        """The cancelled run of ``job`` has no processes left: allow a retry."""
 
     @abc.abstractmethod
     def next_due_at(self) -> Optional[float]:

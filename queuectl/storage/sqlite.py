@@ -149,10 +149,17 @@ INSERT INTO attempts (job_seq, number, worker_id, started_at) VALUES (?, ?, ?, ?
 """
 
 # fence: the WHERE clause that makes a change apply only to the current claim.
-FENCE = "seq = :seq AND state = 'processing' AND worker_id = :worker AND attempts = :attempt"
+# started_at (the claim's own time) makes the fence unique even when two
+# hosts' workers share a name (worker-1 in two containers).
+FENCE = (
+    "seq = :seq AND state = 'processing' AND worker_id = :worker AND attempts = :attempt"
+    " AND started_at = :started"
+)
 
 # renew_lease: push the claim's lease forward.
-SQL_RENEW_LEASE = f"UPDATE jobs SET lease_expires_at = :lease WHERE {FENCE}"
+# An expired lease is never renewed: once it lapses the claim can only be
+# reaped, so the reaper may stop a lapsed run without racing its worker.
+SQL_RENEW_LEASE = f"UPDATE jobs SET lease_expires_at = :lease WHERE {FENCE} AND lease_expires_at >= :now"
 
 # holds_claim: is this claim still current? (read-only, for frequent checks)
 SQL_HOLDS_CLAIM = f"SELECT 1 FROM jobs WHERE {FENCE}"
@@ -210,7 +217,7 @@ UPDATE jobs
    SET state = 'pending', attempts = 0, next_run_at = ?, updated_at = ?,
        worker_id = NULL, exit_code = NULL, error_message = NULL,
        started_at = NULL, finished_at = NULL, lease_expires_at = NULL
- WHERE id = ? AND state IN ({states})
+ WHERE id = ? AND state IN ({states}) AND lease_expires_at IS NULL
 """
 
 # revive_all: every job in {states} -> pending, as revive does for one.
@@ -219,15 +226,29 @@ UPDATE jobs
    SET state = 'pending', attempts = 0, next_run_at = ?, updated_at = ?,
        worker_id = NULL, exit_code = NULL, error_message = NULL,
        started_at = NULL, finished_at = NULL, lease_expires_at = NULL
- WHERE state IN ({states})
+ WHERE state IN ({states}) AND lease_expires_at IS NULL
 """
 
-# cancel_job: end a pending, failed or running job for good; a running job's claim ends with it.
+# cancel_job: end a pending, failed or running job for good. A running job
+# keeps its lease: it marks the run as still stopping until its worker (or,
+# if that worker died, the reaper) has stopped the run's processes.
 SQL_CANCEL = """
 UPDATE jobs
    SET state = 'cancelled', error_message = :error, finished_at = :now, updated_at = :now,
-       lease_expires_at = NULL
+       lease_expires_at = CASE WHEN state = 'processing' THEN lease_expires_at END
  WHERE seq = :seq AND state = :state
+"""
+
+# release_cancelled: the cancelled run's processes are gone; the job may be retried.
+SQL_RELEASE_CANCELLED = """
+UPDATE jobs SET lease_expires_at = NULL
+ WHERE seq = :seq AND state = 'cancelled' AND worker_id = :worker AND attempts = :attempt
+   AND started_at = :started
+"""
+
+# stopping_cancelled: cancelled runs whose worker died before it could confirm the stop.
+SQL_STOPPING_CANCELLED = f"""
+SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'cancelled' AND lease_expires_at < ?
 """
 
 # cancel_attempt: close the attempt a cancelled job was running.
@@ -513,7 +534,7 @@ class SqliteStorage(Storage):
         return job
 
     def renew_lease(self, job, now, lease_seconds):
-        params = dict(_fence(job), lease=now + lease_seconds)
+        params = dict(_fence(job), lease=now + lease_seconds, now=now)
         with self._errors(), self.transaction() as conn:
             renewed = conn.execute(SQL_RENEW_LEASE, params).rowcount == 1
         if renewed:
@@ -523,6 +544,14 @@ class SqliteStorage(Storage):
     def holds_claim(self, job):
         with self._errors():
             return self._scalar(SQL_HOLDS_CLAIM, _fence(job)) is not None
+
+    def stopping_cancelled(self, now):
+        with self._errors():
+            return [_job_from_row(row) for row in self._conn.execute(SQL_STOPPING_CANCELLED, (now,))]
+
+    def release_cancelled(self, job):
+        with self._errors(), self.transaction() as conn:
+            return conn.execute(SQL_RELEASE_CANCELLED, _fence(job)).rowcount == 1
 
     def keep_output(self, job, result):
         params = {
@@ -617,6 +646,10 @@ class SqliteStorage(Storage):
                 job = self._get_or_none(job_id)
                 if job is None:
                     raise JobNotFoundError(f"job {job_id!r} not found")
+                if job.state in states and job.lease_expires_at is not None:
+                    raise InvalidTransitionError(
+                        f"job {job_id!r} is still being stopped by {job.worker_id}; retry it in a moment"
+                    )
                 if list(states) == [JobState.DLQ]:
                     raise InvalidTransitionError(
                         f"job {job_id!r} is not in the DLQ (state: {job.state.value})"
@@ -806,7 +839,7 @@ def _or_list(values):
 
 
 def _fence(job):
-    return {"seq": job.seq, "worker": job.worker_id, "attempt": job.attempts}
+    return {"seq": job.seq, "worker": job.worker_id, "attempt": job.attempts, "started": job.started_at}
 
 
 def _job_from_row(row):
