@@ -56,15 +56,23 @@ def read_pidfile(home):
     try:
         raw = json.loads(text)
         entries = raw["workers"] if isinstance(raw, dict) else raw
-        return [
-            {"pid": int(entry["pid"]), "create_time": entry.get("create_time")}
-            for entry in entries
-            if isinstance(entry, dict) and "pid" in entry
-        ]
-    except (ValueError, KeyError, TypeError):
+        parsed = [_pidfile_entry(entry) for entry in entries]
+    except (ValueError, KeyError, TypeError, RecursionError):
         # An old or hand-written file: bare PIDs, one per line. Without a
         # start time we can't prove identity, so they count as stale.
-        return [{"pid": int(tok), "create_time": None} for tok in text.split() if tok.isdigit()]
+        parsed = [{"pid": int(tok), "create_time": None} for tok in text.split() if tok.isdigit()]
+    # Garbage (negative or absurd PIDs) is dropped: it can only be stale.
+    return [entry for entry in parsed if entry is not None and 0 < entry["pid"] < 2**31]
+
+
+def _pidfile_entry(entry):
+    """One entry, or None when it can't name a process we started."""
+    if not isinstance(entry, dict) or isinstance(entry.get("pid"), bool) or not isinstance(entry.get("pid"), int):
+        return None
+    create_time = entry.get("create_time")
+    if isinstance(create_time, bool) or not isinstance(create_time, (int, float)) or create_time != create_time:
+        create_time = None  # unknown: identity can't be proven, so it is stale
+    return {"pid": entry["pid"], "create_time": create_time}
 
 
 def _write_pidfile(home, entries):
@@ -84,8 +92,13 @@ def _update_pidfile(home, add=(), remove=(), drop_stale=False):
 # --- identity ----------------------------------------------------------------
 
 
-def identify_worker(pid, create_time):
-    """The psutil.Process if ``pid`` is the queuectl worker we recorded, else None."""
+def identify_worker(pid, create_time, database=None):
+    """The psutil.Process if ``pid`` is the queuectl worker we recorded, else None.
+
+    With ``database`` (a file path) the worker must also hold that very file
+    open: a copy of a queue home lists the original's workers, and they must
+    not be taken for the copy's.
+    """
     try:
         proc = psutil.Process(pid)
         if create_time is None or abs(proc.create_time() - create_time) > START_TIME_TOLERANCE:
@@ -93,10 +106,34 @@ def identify_worker(pid, create_time):
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
         cmdline = proc.cmdline()
+        joined = " ".join(cmdline)
+        if "queuectl" not in joined or "worker" not in joined:
+            return None
+        if database is not None and not _holds_open(proc, database):
+            return None
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
-    joined = " ".join(cmdline)
-    return proc if "queuectl" in joined and "worker" in joined else None
+    return proc
+
+
+def _holds_open(proc, path):
+    try:
+        wanted = os.stat(path)
+    except OSError:
+        return False
+    for handle in proc.open_files():
+        try:
+            st = os.stat(handle.path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (wanted.st_dev, wanted.st_ino):
+            return True
+    return False
+
+
+def _database_of(storage):
+    """The file behind a file-based backend, for identity checks (None otherwise)."""
+    return getattr(storage, "path", None)
 
 
 def _candidates(home, storage):
@@ -117,9 +154,10 @@ def _candidates(home, storage):
 def live_workers(home, storage):
     """Live workers of this queue: local ones verified, remote ones as registered."""
     here = socket.gethostname()
+    database = _database_of(storage)
     live = []
     for row in storage.list_workers():
-        if row["hostname"] != here or identify_worker(row["pid"], row["process_started_at"]):
+        if row["hostname"] != here or identify_worker(row["pid"], row["process_started_at"], database):
             live.append(row)
     return live
 
@@ -203,8 +241,9 @@ def stop_workers(home, storage, timeout, force):
     report = StopReport()
     live = {}
     unproven = set()
+    database = _database_of(storage)
     for pid, create_time in _candidates(home, storage):
-        proc = identify_worker(pid, create_time)
+        proc = identify_worker(pid, create_time, database)
         if proc is None:
             unproven.add(pid)
         else:

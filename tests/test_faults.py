@@ -773,3 +773,43 @@ def test_retry_right_after_cancel_never_overlaps_the_cancelled_run(queue, tmp_pa
     last_of_first = max(float(t) for pid, t in lines if pid == first_pid)
     first_of_second = min(float(t) for pid, t in lines if pid != first_pid)
     assert last_of_first < first_of_second, "the cancelled run was still writing when its retry started"
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [{"pid": -1, "create_time": 1}],
+        [{"pid": 1, "create_time": "x"}],
+        [{"pid": "12", "create_time": 1.5}],
+        [{"pid": 99999999999, "create_time": 1.5}],
+        [{"pid": True, "create_time": 1.5}],
+        ["nonsense", None, 7],
+    ],
+)
+def test_a_malformed_workers_pid_cannot_block_stop(queue, entries):
+    proc = queue.run("worker", "start")
+    pid = int(proc.stdout.splitlines()[1].split("[")[1].rstrip("]"))
+    with open(queue.home.pidfile_path) as handle:
+        good = json.load(handle)["workers"]
+    with open(queue.home.pidfile_path, "w") as handle:
+        json.dump({"workers": entries + good}, handle)
+    stopped = queue.run("worker", "stop", "--timeout", "10")
+    assert stopped.stdout.splitlines()[-1] == "All workers stopped successfully"
+    wait_for(lambda: is_gone(pid), what="the real worker to exit")
+
+
+def test_stop_in_a_copy_of_a_home_leaves_the_original_workers_alone(queue, tmp_path):
+    import shutil
+
+    proc = queue.run("worker", "start")
+    pid = int(proc.stdout.splitlines()[1].split("[")[1].rstrip("]"))
+    copy = tmp_path / "copy"
+    shutil.copytree(queue.path, copy)
+    result = subprocess.run(
+        [sys.executable, "-m", "queuectl", "--home", str(copy), "worker", "stop", "--timeout", "5"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "No workers running\n"
+    assert not is_gone(pid)
+    assert json.loads(queue.run("status", "--json").stdout)["workers"]["pids"] == [pid]

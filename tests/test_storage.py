@@ -248,8 +248,10 @@ def test_someone_elses_sqlite_database_is_refused(tmp_path):
     conn.execute("CREATE TABLE recipes (name TEXT)")
     conn.commit()
     conn.close()
+    before = open(home.db_path, "rb").read()
     with pytest.raises(StorageError, match="is not a queuectl database"):
         open_storage(home)
+    assert open(home.db_path, "rb").read() == before  # not even switched to WAL
     tables = sqlite3.connect(home.db_path).execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
     assert tables == [("recipes",)]
 

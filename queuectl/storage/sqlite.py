@@ -385,6 +385,14 @@ class SqliteStorage(Storage):
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from None
         try:
+            # Refuse someone else's database before changing anything in it
+            # (switching it to WAL would rewrite its header).
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            if app_id != APPLICATION_ID and (
+                app_id != 0 or conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            ):
+                conn.close()
+                raise StorageError(f"{self.path} is not a queuectl database")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 # e.g. a network file system; still correct, just less concurrent.
