@@ -15,15 +15,8 @@ import click
 from queuectl import __version__
 from queuectl import config as config_mod
 from queuectl.errors import QueueCtlError, ValidationError
-from queuectl.jobs import (
-    LIST_SORTS,
-    RETRYABLE_STATES,
-    JobState,
-    check_purgeable,
-    parse_duration,
-    parse_job_batch,
-    parse_time,
-)
+from queuectl.jobs import LIST_SORTS, RETRYABLE_STATES, JobState, check_purgeable
+from queuectl.specs import parse_duration, parse_job_batch, parse_time
 
 # Batches bigger than this print one summary line instead of a line per job.
 SUMMARY_THRESHOLD = 20

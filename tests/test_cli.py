@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from queuectl.cli import cli
-from queuectl.config import Home
-from queuectl.jobs import AttemptResult, parse_job_spec
+from queuectl.jobs import AttemptResult
+from queuectl.specs import parse_job_spec
 from queuectl.storage import open_storage
 
 

@@ -6,18 +6,8 @@ from datetime import datetime, timezone
 import pytest
 
 from queuectl.errors import ValidationError
-from queuectl.jobs import (
-    Job,
-    JobState,
-    check_purgeable,
-    parse_duration,
-    parse_job_batch,
-    parse_job_spec,
-    parse_time,
-    percentile_rank,
-    retry_delay,
-    summarize_failure,
-)
+from queuectl.jobs import Job, JobState, check_purgeable, percentile_rank, retry_delay, summarize_failure
+from queuectl.specs import parse_duration, parse_job_batch, parse_job_spec, parse_time
 
 NOW = 1_800_000_000.0
 

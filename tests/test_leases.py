@@ -6,7 +6,8 @@ matter of passing a later number.
 
 import pytest
 
-from queuectl.jobs import AttemptResult, JobState, parse_job_spec
+from queuectl.jobs import AttemptResult, JobState
+from queuectl.specs import parse_job_spec
 from queuectl.storage.sqlite import SqliteStorage
 
 T0 = 1_000_000.0

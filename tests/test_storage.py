@@ -16,7 +16,8 @@ import pytest
 
 from queuectl.config import Home
 from queuectl.errors import DuplicateJobError, InvalidTransitionError, JobNotFoundError, StorageError
-from queuectl.jobs import RETRYABLE_STATES, AttemptResult, JobState, parse_job_spec
+from queuectl.jobs import RETRYABLE_STATES, AttemptResult, JobState
+from queuectl.specs import parse_job_spec
 from queuectl.storage import open_storage
 
 T0 = 1_800_000_000.0
@@ -266,7 +267,7 @@ def test_queuectl_db_env_selects_the_file(tmp_path, monkeypatch):
 
 
 def test_claim_query_walks_the_claim_index(tmp_path):
-    from queuectl.storage.sqlite import SQL_CLAIM_NEXT
+    from queuectl.storage.sqlite_sql import SQL_CLAIM_NEXT
 
     home = Home(str(tmp_path))
     open_storage(home).close()
@@ -481,7 +482,7 @@ class TestRetryAndPause:
 
 
 def test_a_version_1_database_is_migrated_in_place(tmp_path):
-    from queuectl.storage.sqlite import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+    from queuectl.storage.sqlite_sql import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
     home = Home(str(tmp_path))
     conn = sqlite3.connect(home.db_path, isolation_level=None)
