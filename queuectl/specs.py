@@ -9,7 +9,7 @@ stored.
 import json
 import math
 import re
-import uuid
+import os
 from datetime import datetime, timezone
 from typing import List
 
@@ -36,7 +36,7 @@ def parse_job_spec(spec, *, now, default_max_retries, default_cwd):
         allowed = ", ".join(JOB_FIELDS)
         raise ValidationError(f"unknown field {unknown[0]!r} (allowed: {allowed})")
 
-    job_id = _check_id(spec["id"]) if "id" in spec else uuid.uuid4().hex
+    job_id = _check_id(spec["id"]) if "id" in spec else new_job_id()
 
     command = spec.get("command")
     if command is None:
@@ -237,12 +237,24 @@ def parse_job_batch(text, *, now, default_max_retries, default_cwd, overrides=No
     return jobs
 
 
+def new_job_id():
+    """A random uuid4, as 32 hex digits.
+
+    Built from the random bytes directly: ``uuid.uuid4().hex`` costs several
+    times more, which a 100,000-job batch notices.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.hex()
+
+
 def _reject_duplicate_keys(pairs):
-    data = {}
-    for key, value in pairs:
-        if key in data:
-            raise ValueError(f"duplicate key {key!r}")
-        data[key] = value
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"duplicate key {duplicate!r}")
     return data
 
 

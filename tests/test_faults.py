@@ -753,6 +753,13 @@ def test_retry_right_after_cancel_never_overlaps_the_cancelled_run(queue, tmp_pa
     # Ignores SIGTERM, so the cancelled run lives through the whole kill grace.
     command = f"trap '' TERM; while true; do echo \"$$ $(date +%s.%N)\" >> {marks}; sleep 0.05; done"
     queue.enqueue(id="stubborn", command=command)
+    try:
+        check_cancel_then_retry(queue, marks)
+    finally:
+        kill_job_processes("stubborn")  # nothing may outlive the test, even on failure
+
+
+def check_cancel_then_retry(queue, marks):
     queue.start_worker()
     queue.start_worker()
     wait_for(lambda: read(marks).strip(), what="the first run to write")
@@ -768,6 +775,7 @@ def test_retry_right_after_cancel_never_overlaps_the_cancelled_run(queue, tmp_pa
     wait_for(retried, timeout=15, what="retry to be accepted")
     wait_for(lambda: len({line.split()[0] for line in read(marks).splitlines()}) == 2, timeout=10, what="the second run to write")
     queue.run("cancel", "stubborn")
+    wait_for(lambda: queue.job("stubborn")["lease_expires_at"] is None, timeout=15, what="the second run to be stopped")
     lines = [line.split() for line in read(marks).splitlines()]
     first_pid = lines[0][0]
     last_of_first = max(float(t) for pid, t in lines if pid == first_pid)

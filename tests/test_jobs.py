@@ -1,6 +1,7 @@
 """Job specs, states, time parsing and the backoff schedule (pure, no I/O)."""
 
 from dataclasses import fields
+import uuid
 from datetime import datetime, timezone
 
 import pytest
@@ -18,7 +19,8 @@ def spec(**fields):
 
 def test_minimal_job_gets_defaults():
     job = spec(command="echo hi")
-    assert len(job.id) == 32 and job.id.isalnum()
+    assert uuid.UUID(hex=job.id).version == 4 and uuid.UUID(hex=job.id).hex == job.id
+    assert spec(command="x").id != job.id
     assert job.state is JobState.PENDING
     assert (job.max_retries, job.priority, job.attempts) == (3, 0, 0)
     assert job.next_run_at == NOW and job.created_at == NOW
