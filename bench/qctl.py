@@ -27,6 +27,56 @@ def queuectl_argv():
     return [sys.executable, "-m", "queuectl"]
 
 
+_CONSOLE_SCRIPT = """#!{python}
+import sys
+from queuectl.cli import main
+sys.exit(main())
+"""
+
+
+def snapshot_head(repo, directory):
+    """Freeze queuectl as committed at HEAD, so edits made to the working
+    tree while the benchmark runs cannot change what it measures.
+
+    Extracts `git archive HEAD queuectl` into `directory`, puts it first on
+    PYTHONPATH (for this process and every child) and writes a console
+    script equivalent to the one pip installs. Returns (argv, commit) or
+    None when `repo` is not a git checkout.
+    """
+    try:
+        commit = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        archive = subprocess.run(
+            ["git", "-C", repo, "archive", "HEAD", "queuectl"], capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    os.makedirs(directory, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", directory], input=archive, check=True)
+    script = os.path.join(directory, "queuectl-cli")
+    with open(script, "w") as fh:
+        fh.write(_CONSOLE_SCRIPT.format(python=sys.executable))
+    os.chmod(script, 0o755)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [directory, os.environ.get("PYTHONPATH")]))
+    sys.path.insert(0, directory)
+    return [script], commit
+
+
+def tree_state(repo):
+    """(commit, whether queuectl/ has uncommitted changes) of a checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", repo, "status", "--porcelain", "--", "queuectl"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+    return commit, bool(dirty)
+
+
 def write_jsonl(path, count, command="true"):
     line = json.dumps({"command": command}) + "\n"
     with open(path, "w") as fh:
@@ -50,8 +100,8 @@ class Queuectl(Peer):
     name = "queuectl"
     key = "queuectl"
 
-    def __init__(self):
-        self.argv = queuectl_argv()
+    def __init__(self, argv=None):
+        self.argv = argv or queuectl_argv()
 
     def available(self):
         try:
@@ -217,7 +267,8 @@ class DepthBench:
         return self._storage
 
     def claims(self, count):
-        """Seconds per claim() for `count` claims."""
+        """Seconds per claim() for `count` claims; then tops the queue back
+        up to its size (untimed), so every repeat starts at the same depth."""
         from queuectl.jobs import AttemptResult
 
         storage = self._open()
@@ -230,6 +281,10 @@ class DepthBench:
             if job is None:
                 raise RuntimeError("depth bench: queue ran dry")
             storage.complete(job, ok, time.time())
+        path = os.path.join(os.path.dirname(self.home), f"refill-{self.size}.jsonl")
+        write_jsonl(path, count)
+        self.q.cli(self.home, "enqueue", "-f", path)
+        os.unlink(path)
         return times
 
     def query_plan(self):

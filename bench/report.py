@@ -169,6 +169,17 @@ def render(res):
               "are lower and noisier than on an idle machine. The ratios, measured interleaved, are "
               "the figures to compare; CPU-time figures are the least affected.")
     w("")
+    src = meta.get("queuectl_source") or {}
+    if src.get("source") == "snapshot":
+        w(f"**queuectl measured:** commit `{src.get('commit')}`, as committed (a snapshot taken at the "
+          "start, so edits made while the benchmark ran do not change what it measures).")
+    elif src.get("commit"):
+        changed = src.get("end_commit") and src.get("end_commit") != src.get("commit")
+        w(f"**queuectl measured:** the installed working tree at commit `{src.get('commit')}`"
+          + (" with uncommitted changes" if src.get("tree_dirty") else "")
+          + (f"; it moved to `{src.get('end_commit')}` during the run, so later repeats measured newer code"
+             if changed else "") + ".")
+    w("")
     w("**Systems:** " + "; ".join(f"{v['name']}: {v['version']}" for v in _ordered(res["systems"])) + ".")
     if res.get("skipped"):
         w("")
@@ -324,6 +335,19 @@ def render(res):
         for row in prof["top_cumulative"]:
             w(f"| `{row['function']}` | {_n(row['calls'])} | {row['cumtime']:.3f} s | "
               f"{row['cumtime'] / n * 1e6:,.0f} µs | {row['cumtime'] / prof['profiled_seconds'] * 100:.1f} % |")
+    cont = res.get("contention")
+    if cont:
+        n = cont["jobs"]
+        asked = ", ".join(f"{k} ms × {v}" for k, v in cont["requested_ms"].items())
+        w("")
+        w(f"### Lock waits of {cont['workers']} workers (strace)")
+        w("")
+        w(f"{cont['workers']} `worker run --burst` processes draining {_n(n)} jobs under "
+          f"`strace -e trace=clock_nanosleep`: {_n(cont['sleeps'])} sleeps "
+          f"({cont['sleeps'] / n:.2f} a job), {cont['slept_seconds']:.2f} s asleep in all. "
+          f"Requested lengths: {asked or 'none'}. The 1, 2, 5, 10, 15 ms steps are SQLite's busy "
+          "handler backing off while the other worker holds the write lock; strace slows the "
+          "workers, so this shows the pattern more than the exact cost.")
     prof = res.get("profile_batch")
     if prof:
         n = prof["jobs"]
@@ -432,8 +456,9 @@ the monotonic clock, which Linux shares across processes.
 - **Depth.** Two queues are filled with `enqueue -f`; the bench then opens
   each through queuectl's storage API as a worker does (`open_storage(home,
   durable=False)`) and times `claim()` ({claims} per repeat per queue),
-  completing each claimed job untimed so the depth stays put. The median
-  claim time is compared between the deep and the shallow queue.
+  completing each claimed job untimed; after each repeat the queue is
+  topped back up with `enqueue -f`, so every repeat starts at full depth.
+  The median claim time is compared between the deep and the shallow queue.
 """
 
 

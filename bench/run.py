@@ -27,6 +27,7 @@ import qctl  # noqa: E402
 import report  # noqa: E402
 from common import (  # noqa: E402
     BENCH_DIR,
+    REPO_DIR,
     StartProbe,
     atomic_write,
     cpu_busy_fraction,
@@ -43,15 +44,15 @@ SECTIONS = ("limits", "drain", "enqueue", "batch", "pickup", "depth", "idle", "p
 
 FULL = dict(
     jobs=2000,
-    rq_jobs=500,
+    rq_jobs=300,
     nq_jobs=500,
     profile_jobs=1000,
-    repeats=3,
+    repeats=5,
     spawn_count=2000,
     startup_samples=20,
     enqueue_samples=20,
     batch_jobs=100_000,
-    pickup_samples=6,  # per system per repeat
+    pickup_samples=4,  # per system per repeat
     pickup_idle=1.2,
     idle_window=10.0,
     depth_sizes=(1_000, 1_000_000),
@@ -84,6 +85,9 @@ def parse_args(argv):
     ap.add_argument("--only", help=f"comma-separated sections to run: {','.join(SECTIONS)}")
     ap.add_argument("--peers", help="comma-separated peers to include (tsp,nq,huey,rq; default all available)")
     ap.add_argument("--no-setup", action="store_true", help="do not run bench/setup.sh first")
+    ap.add_argument("--tree", action="store_true",
+                    help="measure queuectl as installed (the working tree, with uncommitted edits) "
+                         "instead of a snapshot of the commit at HEAD")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="first wait up to SECONDS for the machine to be nearly idle (other work skews every figure)")
     ap.add_argument("--out", default=BENCH_DIR, help="directory for RESULTS.md, results.json, throughput.png")
@@ -135,12 +139,22 @@ def main(argv=None):
         "errors": [],
     }
 
-    systems = pick_systems(args, results)
-    queuectl = systems.get("queuectl")
-    order = list(systems)
-
-    bench = Bench(cfg, results, systems)
     with tempdir("run") as scratch:
+        argv = None
+        commit, dirty = qctl.tree_state(REPO_DIR)
+        source = "installed"
+        if not args.tree:
+            snap = qctl.snapshot_head(REPO_DIR, os.path.join(scratch, "snapshot"))
+            if snap:
+                argv, commit = snap
+                source = "snapshot"
+        results["meta"]["queuectl_source"] = {"source": source, "commit": commit, "tree_dirty": dirty}
+        log(f"queuectl: {source} of commit {commit}" + (" (working tree has uncommitted changes)" if dirty and source == "installed" else ""))
+
+        systems = pick_systems(args, results, argv)
+        queuectl = systems.get("queuectl")
+        order = list(systems)
+        bench = Bench(cfg, results, systems)
         bench.scratch = scratch
         try:
             bench.prepare(sections, queuectl)
@@ -168,6 +182,8 @@ def main(argv=None):
             bench.close()
 
     results["meta"]["loadavg_end"] = os.getloadavg()
+    end_commit, end_dirty = qctl.tree_state(REPO_DIR)
+    results["meta"].setdefault("queuectl_source", {}).update(end_commit=end_commit, end_tree_dirty=end_dirty)
     results["meta"]["duration_s"] = round(time.time() - started, 1)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -179,10 +195,10 @@ def main(argv=None):
     return 1 if results["errors"] else 0
 
 
-def pick_systems(args, results):
+def pick_systems(args, results, queuectl_argv=None):
     wanted = None if not args.peers else set(args.peers.split(","))
     systems = {}
-    q = qctl.Queuectl()
+    q = qctl.Queuectl(queuectl_argv)
     ok, info = q.available()
     if ok:
         systems["queuectl"] = q
@@ -383,6 +399,11 @@ class Bench:
             self.results["profile"] = profile_worker(q, self.cfg["profile_jobs"], self.scratch)
         except Exception:
             self._error("profile")
+        log("profile: strace of the sleeps of 2 workers sharing one queue")
+        try:
+            self.results["contention"] = profile_contention(q, self.cfg["jobs"], self.scratch)
+        except Exception:
+            self._error("profile contention")
         if self.batch_file:
             log("profile: cProfile (CPU time) of one batch `enqueue -f`")
             try:
@@ -444,6 +465,56 @@ def summarize_profile(stats, n, wall, top=20):
         key=lambda x: -x["cumtime"],
     )[:top]
     return {"jobs": n, "wall": wall, "profiled_seconds": stats.total_tt, "top_own": by_own, "top_cumulative": by_cum}
+
+
+def profile_contention(q, n, scratch, workers=2):
+    """Sleeps of `workers` burst workers sharing one queue, traced with strace.
+
+    SQLite's busy handler waits for a write lock by sleeping (1, 2, 5, 10,
+    15, ... ms); those sleeps are what lock contention costs the workers.
+    strace slows the workers, so the counts show the pattern, not the rate.
+    """
+    import re
+    import shutil as _shutil
+
+    if not _shutil.which("strace"):
+        return None
+    home = os.path.join(scratch, "profile-contention")
+    os.makedirs(home)
+    path = os.path.join(home, "jobs.jsonl")
+    qctl.write_jsonl(path, n)
+    q.cli(home, "enqueue", "-f", path)
+    traces = [os.path.join(home, f"strace-{i}.txt") for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            ["strace", "-T", "-e", "trace=clock_nanosleep,nanosleep", "-o", trace,
+             *q.argv, "--home", home, "worker", "run", "--burst"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for trace in traces
+    ]
+    for proc in procs:
+        proc.wait(timeout=600)
+    requested, slept, count = {}, 0.0, 0
+    for trace in traces:
+        with open(trace) as fh:
+            for line in fh:
+                asked = re.search(r"tv_sec=(\d+), tv_nsec=(\d+)", line)
+                took = re.search(r"<([\d.]+)>\s*$", line)
+                if not (asked and took):
+                    continue
+                ms = round(int(asked.group(1)) * 1000 + int(asked.group(2)) / 1e6)
+                requested[ms] = requested.get(ms, 0) + 1
+                slept += float(took.group(1))
+                count += 1
+    return {
+        "jobs": n,
+        "workers": workers,
+        "sleeps": count,
+        "slept_seconds": slept,
+        "requested_ms": {str(k): v for k, v in sorted(requested.items())},
+    }
 
 
 def profile_worker(q, n, scratch):

@@ -23,6 +23,8 @@ want=()
 command -v tsp >/dev/null 2>&1 || want+=(task-spooler)
 command -v nq >/dev/null 2>&1 || want+=(nq)
 command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
+# strace: the bench counts the lock-wait sleeps of two workers with it.
+command -v strace >/dev/null 2>&1 || want+=(strace)
 if [ ${#want[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     # Keep the redis package from starting a system-wide server: the bench
@@ -46,7 +48,7 @@ if [ ${#want[@]} -gt 0 ]; then
   fi
 fi
 
-for tool in tsp nq redis-server; do
+for tool in tsp nq redis-server strace; do
   if command -v "$tool" >/dev/null 2>&1; then note "found $tool"; else note "missing $tool"; fi
 done
 exit 0
