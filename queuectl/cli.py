@@ -297,6 +297,11 @@ def _configure_logging(log_file):
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s - %(message)s"))
+    # A worker logs twice per job; looking up the caller's frame, thread and
+    # process name for every record showed up in its profile, and the format
+    # uses none of them.
+    logging._srcfile = None
+    logging.logThreads = logging.logMultiprocessing = False
     root = logging.getLogger("queuectl")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

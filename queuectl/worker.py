@@ -208,12 +208,12 @@ class Worker:
         if self._housekeeping_due():
             # Record first: our own lease may have lapsed while the run was
             # being stopped, and housekeeping must not reap the job we hold.
-            self._record(job, run, self.config.current())
+            self._record(job, run, settings)
             self._housekeep()
             return None if self.stop_requested else self._claim()
         # Recording this outcome and claiming the next job share one commit.
         with self.storage.batch():
-            self._record(job, run, self.config.current())
+            self._record(job, run, settings)
             return None if self.stop_requested else self._claim()
 
     def _why_claim_lost(self, job):
