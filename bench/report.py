@@ -319,8 +319,22 @@ def render(res):
           f"drains {_n(n)} no-op jobs: {prof['profiled_seconds']:.2f} s of the worker's own CPU in all "
           f"({prof['profiled_seconds'] / n * 1e3:.2f} ms a job, start-up included; "
           f"{prof['wall']:.1f} s wall). Waiting for a job's process costs no CPU and so does not "
-          "appear; the profiler's own overhead inflates every Python call, so read proportions. "
-          "Own time is spent in the function itself, not in what it calls:")
+          "appear; the profiler's own overhead inflates every Python call, so read proportions.")
+        buckets = prof.get("buckets")
+        own = f["drain"].get("queuectl", {}).get(1, {}).get("own_cpu")
+        if buckets:
+            total = sum(buckets.values()) or 1.0
+            w("")
+            w("By area (built-ins such as `isinstance` are charged to their callers' areas)"
+              + (f"; the last column scales each share to the {own * 1e3:.3f} ms of own CPU a job "
+                 "the unprofiled worker spends (start-up excluded)" if own else "") + ":")
+            w("")
+            w("| area | share of the worker's CPU | ≈ per job, unprofiled |")
+            w("| --- | --- | --- |")
+            for name, t in buckets.items():
+                w(f"| {name} | {t / total * 100:.1f} % | {_us(own * t / total) if own else '–'} |")
+        w("")
+        w("Functions by own CPU (spent in the function itself, not in what it calls):")
         w("")
         w("| function | calls | own CPU | per job | share |")
         w("| --- | --- | --- | --- | --- |")
@@ -338,7 +352,9 @@ def render(res):
     cont = res.get("contention")
     if cont:
         n = cont["jobs"]
-        asked = ", ".join(f"{k} ms × {v}" for k, v in cont["requested_ms"].items())
+        asked = ", ".join(
+            f"{k} ms × {v}" for k, v in sorted(cont["requested_ms"].items(), key=lambda kv: int(kv[0]))
+        )
         w("")
         w(f"### Lock waits of {cont['workers']} workers (strace)")
         w("")
@@ -356,6 +372,10 @@ def render(res):
         w("")
         w(f"{prof['profiled_seconds']:.2f} s of CPU in all under the profiler "
           f"({prof['profiled_seconds'] / n * 1e6:.1f} µs a job; {prof['wall']:.1f} s wall).")
+        buckets = prof.get("buckets")
+        if buckets:
+            total = sum(buckets.values()) or 1.0
+            w(" By area: " + "; ".join(f"{name} {t / total * 100:.0f} %" for name, t in buckets.items()) + ".")
         w("")
         w("| function | calls | own CPU | cumulative CPU | share (own) |")
         w("| --- | --- | --- | --- | --- |")
@@ -498,12 +518,15 @@ def write_plot(res, path):
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     if f["serial"] and f["two_way"]:
         ax.plot([1, 2], [f["serial"], f["two_way"]], "k--", marker="s", label="machine limit (spawn /bin/sh)")
+    main_jobs = res["meta"].get("config", {}).get("jobs")
     for key in _systems(res, f["drain"]):
         d = f["drain"][key]
         xs = [w for w in (1, 2) if w in d]
         ys = [d[w]["rate"] for w in xs]
+        jobs = d[xs[0]].get("jobs")
+        label = _name(res, key) + (f" ({jobs:,} jobs)" if jobs and jobs != main_jobs else "")
         style = dict(linewidth=2.5, marker="o", markersize=8) if key == "queuectl" else dict(marker="o")
-        ax.plot(xs, ys, label=_name(res, key), **style)
+        ax.plot(xs, ys, label=label, **style)
         for x, y in zip(xs, ys):
             ax.annotate(f"{y:,.0f}", (x, y), textcoords="offset points", xytext=(6, 3), fontsize=8)
     ax.set_xticks([1, 2])
