@@ -320,7 +320,7 @@ def render(res):
           f"({prof['profiled_seconds'] / n * 1e3:.2f} ms a job, start-up included; "
           f"{prof['wall']:.1f} s wall). Waiting for a job's process costs no CPU and so does not "
           "appear; the profiler's own overhead inflates every Python call, so read proportions.")
-        buckets = prof.get("buckets")
+        buckets = dict(sorted((prof.get("buckets") or {}).items(), key=lambda kv: -kv[1]))
         own = f["drain"].get("queuectl", {}).get(1, {}).get("own_cpu")
         if buckets:
             total = sum(buckets.values()) or 1.0
@@ -372,10 +372,13 @@ def render(res):
         w("")
         w(f"{prof['profiled_seconds']:.2f} s of CPU in all under the profiler "
           f"({prof['profiled_seconds'] / n * 1e6:.1f} µs a job; {prof['wall']:.1f} s wall).")
-        buckets = prof.get("buckets")
+        buckets = dict(sorted((prof.get("buckets") or {}).items(), key=lambda kv: -kv[1]))
         if buckets:
             total = sum(buckets.values()) or 1.0
-            w(" By area: " + "; ".join(f"{name} {t / total * 100:.0f} %" for name, t in buckets.items()) + ".")
+            w("")
+            w("By area: " + "; ".join(
+                f"{name} {t / total * 100:.0f} %" for name, t in buckets.items() if t / total >= 0.005
+            ) + ".")
         w("")
         w("| function | calls | own CPU | cumulative CPU | share (own) |")
         w("| --- | --- | --- | --- | --- |")
