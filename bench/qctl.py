@@ -54,6 +54,11 @@ def snapshot_head(repo, directory):
         return None
     os.makedirs(directory, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", directory], input=archive, check=True)
+    # Byte-compile it, as pip does on install: without .pyc files (e.g. under
+    # PYTHONDONTWRITEBYTECODE=1) every CLI call would recompile the package.
+    import compileall
+
+    compileall.compile_dir(directory, quiet=2)
     script = os.path.join(directory, "queuectl-cli")
     with open(script, "w") as fh:
         fh.write(_CONSOLE_SCRIPT.format(python=sys.executable))

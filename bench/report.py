@@ -456,8 +456,11 @@ the monotonic clock, which Linux shares across processes.
 - **CLI enqueue latency.** Wall time of one `queuectl --home H enqueue
   '{{"command": "true"}}'` process, {enq} calls per repeat against a queue
   created beforehand, with no worker running; the median of all calls.
-  The console script beside the interpreter is run directly (not a pyenv
-  shim, which would add ~50 ms of bash).
+  The console script is run directly (not a pyenv shim, which would add
+  ~50 ms of bash). queuectl is measured as committed at HEAD: `git archive`
+  into a temp dir, byte-compiled as pip would on install, first on
+  PYTHONPATH, with a console script like pip's (`--tree` measures the
+  installed working tree instead).
 - **Batch enqueue.** `queuectl enqueue -f FILE` of a JSON-lines file
   (`{{"command": "true"}}` per line) into a fresh queue: jobs / wall time of
   the whole CLI call, validation and the one transaction included; the
