@@ -10,6 +10,7 @@ lose an update or leave a torn file.
 """
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -29,7 +30,11 @@ LOG_STREAMS = ("out", "err")
 
 @dataclass(frozen=True)
 class Home:
-    """Where one queue keeps its files."""
+    """Where one queue keeps its files.
+
+    The paths are computed once (cached_property): a busy worker asks for
+    them several times per job.
+    """
 
     path: str
 
@@ -39,29 +44,29 @@ class Home:
         chosen = option or os.environ.get("QUEUECTL_HOME") or os.getcwd()
         return cls(os.path.abspath(os.path.expanduser(chosen)))
 
-    @property
+    @functools.cached_property
     def db_path(self):
         return os.path.join(self.path, DB_NAME)
 
-    @property
+    @functools.cached_property
     def config_path(self):
         return os.path.join(self.path, CONFIG_NAME)
 
-    @property
+    @functools.cached_property
     def pidfile_path(self):
         return os.path.join(self.path, PIDFILE_NAME)
 
-    @property
+    @functools.cached_property
     def worker_log_path(self):
         return os.path.join(self.path, WORKER_LOG_NAME)
 
-    @property
+    @functools.cached_property
     def logs_dir(self):
         return os.path.join(self.path, LOGS_DIR_NAME)
 
     def attempt_log_path(self, attempt_id, stream):
         """Where one attempt's full ``stream`` ("out" or "err") is kept."""
-        return os.path.join(self.logs_dir, f"{attempt_id}.{stream}")
+        return f"{self.logs_dir}{os.sep}{attempt_id}.{stream}"
 
     def spool_path(self, worker_id, stream):
         """Where a worker's running job writes ``stream`` (renamed to the attempt's log when it ends)."""
