@@ -199,6 +199,8 @@ def render(res):
     w("")
     w("## Targets (issue 5)")
     w("")
+    w("Where a target is missed, [GAPS.md](GAPS.md) explains why, from the profiles below, and what would close it.")
+    w("")
     w("| figure | target | measured | verdict |")
     w("| --- | --- | --- | --- |")
     q = f["drain"].get("queuectl", {})
