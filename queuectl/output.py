@@ -179,13 +179,18 @@ def _table_or_empty(rows, headers, empty_message):
     return tabulate(rows, headers=headers, tablefmt="simple")
 
 
-def render_status(counts, workers, scheduled=0, paused_since=None):
+def state_table(counts):
+    """The per-state counts table shared by `status` and `stats`."""
     rows = [[STATE_LABELS[state], counts[state]] for state in JobState]
+    return tabulate(rows, headers=["State", "Count"], tablefmt="simple")
+
+
+def render_status(counts, workers, scheduled=0, paused_since=None):
     lines = [
         "=== QueueCTL Status ===",
         "",
         "Jobs:",
-        tabulate(rows, headers=["State", "Count"], tablefmt="simple"),
+        state_table(counts),
         "",
         f"Scheduled: {scheduled} waiting for a later run time",
     ]
@@ -344,7 +349,6 @@ def stats_json(stats, now):
 
 
 def render_stats(stats):
-    rows = [[STATE_LABELS[state], stats.counts[state]] for state in JobState]
     total = sum(stats.counts.values())
     rate = stats.success_rate
     success = "n/a (no job has finished running)" if rate is None else (
@@ -364,7 +368,7 @@ def render_stats(stats):
         "=== QueueCTL Stats ===",
         "",
         "Jobs:",
-        tabulate(rows, headers=["State", "Count"], tablefmt="simple"),
+        state_table(stats.counts),
         "",
         f"Total:            {total} ({stats.scheduled} scheduled for later)",
         f"Success rate:     {success}",
