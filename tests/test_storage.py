@@ -150,45 +150,6 @@ class TestOutcomes:
         assert [j.id for j in storage.list_jobs([JobState.COMPLETED])] == ["j0"]
 
 
-class TestLeasesAndFencing:
-    def test_expired_claim_is_reaped_and_counts_as_an_attempt(self, storage):
-        add(storage, make("a"))
-        job = storage.claim("w1", T0, LEASE)
-        assert storage.reap_expired(T0 + LEASE - 1, lambda j: T0 + 100) == []
-        [reaped] = storage.reap_expired(T0 + LEASE + 1, lambda j: T0 + 100)
-        assert (reaped.id, reaped.state, reaped.attempts) == ("a", JobState.FAILED, 1)
-        assert "Worker w1 was lost (lease expired)" == storage.get("a").error_message
-        # The lost worker comes back: every change it tries is refused.
-        assert not storage.renew_lease(job, T0 + 40, LEASE)
-        assert not storage.complete(job, OK, T0 + 40)
-        assert not storage.bury(job, BOOM, T0 + 40)
-        assert storage.get("a").state is JobState.FAILED
-
-    def test_reaped_job_with_no_attempts_left_goes_to_dlq(self, storage):
-        add(storage, make("a", max_retries=1))
-        storage.claim("w1", T0, LEASE)
-        [reaped] = storage.reap_expired(T0 + LEASE + 1, lambda j: None)
-        assert reaped.state is JobState.DLQ and storage.get("a").state is JobState.DLQ
-
-    def test_renewal_keeps_a_live_claim(self, storage):
-        add(storage, make("a"))
-        job = storage.claim("w1", T0, LEASE)
-        assert storage.renew_lease(job, T0 + 20, LEASE)
-        assert storage.reap_expired(T0 + LEASE + 1, lambda j: T0) == []
-        assert storage.complete(job, OK, T0 + 45)
-
-    def test_stale_claim_cannot_overwrite_a_newer_attempt(self, storage):
-        add(storage, make("a"))
-        first = storage.claim("w1", T0, LEASE)
-        storage.reap_expired(T0 + LEASE + 1, lambda j: T0 + LEASE + 1)
-        second = storage.claim("w2", T0 + LEASE + 1, LEASE)
-        assert second.attempts == 2
-        assert not storage.complete(first, OK, T0 + 50)
-        assert storage.get("a").state is JobState.PROCESSING
-        assert storage.complete(second, OK, T0 + 51)
-        assert storage.get("a").worker_id == "w2"
-
-
 class TestBatch:
     def test_record_and_claim_commit_together(self, storage):
         add(storage, make("a"), make("b"))
