@@ -821,3 +821,25 @@ def test_stop_in_a_copy_of_a_home_leaves_the_original_workers_alone(queue, tmp_p
     assert result.stdout == "No workers running\n"
     assert not is_gone(pid)
     assert json.loads(queue.run("status", "--json").stdout)["workers"]["pids"] == [pid]
+
+
+def test_a_cancelled_run_whose_worker_died_is_stopped_by_the_next_worker(queue, tmp_path):
+    configure(queue, lease_seconds=1)
+    pidfile = tmp_path / "sleep.pid"
+    queue.enqueue(id="orphan", command=f"sleep 25 & echo $! > {pidfile}; wait")
+    try:
+        started = queue.run("worker", "start").stdout
+        worker = int(started.splitlines()[1].split("[")[1].rstrip("]"))
+        sleeper = int(wait_for(lambda: read(pidfile).strip(), what="the job's sleep to start"))
+        os.kill(worker, signal.SIGKILL)
+        queue.run("cancel", "orphan")
+        refused = queue.run("retry", "orphan", check=False)
+        assert refused.returncode == 1
+        assert "is still being stopped by" in refused.stderr
+        queue.start_worker()
+        wait_for(lambda: queue.job("orphan")["lease_expires_at"] is None, timeout=15, what="the reaper to release the cancelled run")
+        wait_for(lambda: is_gone(sleeper), timeout=5, what=f"the orphaned sleep {sleeper} to be stopped")
+        assert queue.job("orphan")["state"] == "cancelled"
+        queue.run("retry", "orphan")
+    finally:
+        kill_job_processes("orphan")
