@@ -96,7 +96,7 @@ def spawn(argv, *, cwd, env, stdout, stderr):
     converted in C); subprocess.Popen elsewhere. Both return an object with
     Popen's ``pid``, ``returncode``, ``poll()`` and ``wait()``.
     """
-    if _SpawnedChild.supported():
+    if _SpawnedChild.available:
         try:
             return _SpawnedChild(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
         except NotImplementedError:
@@ -113,10 +113,6 @@ class _SpawnedChild:
     available = hasattr(os, "posix_spawn") and hasattr(os, "POSIX_SPAWN_DUP2") and not IS_WINDOWS
     _devnull = None
     _home_fd = None
-
-    @classmethod
-    def supported(cls):
-        return cls.available
 
     def __init__(self, argv, *, cwd, env, stdout, stderr):
         cls = type(self)
@@ -149,7 +145,7 @@ class _SpawnedChild:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
-    def wait(self, timeout=None):
+    def wait(self):
         if self.returncode is None:
             _, status = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
