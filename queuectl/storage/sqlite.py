@@ -113,7 +113,7 @@ class SqliteStorage(Storage):
         try:
             # Refuse someone else's database before changing anything in it
             # (switching it to WAL would rewrite its header).
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            app_id = self._application_id = conn.execute("PRAGMA application_id").fetchone()[0]
             if app_id != APPLICATION_ID and (
                 app_id != 0 or conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             ):
@@ -141,7 +141,8 @@ class SqliteStorage(Storage):
     def _migrate(self):
         with self._errors():
             version = self._scalar("PRAGMA user_version")
-            if version == SCHEMA_VERSION and self._scalar("PRAGMA application_id") == APPLICATION_ID:
+            # _connect already read the application id (the common case costs one read here).
+            if version == SCHEMA_VERSION and self._application_id == APPLICATION_ID:
                 return
             with self.transaction():
                 # Re-read under the write lock: another process may have just done it.
