@@ -608,3 +608,17 @@ class TestStats:
         assert stats.success_rate is None and stats.attempts_per_job is None
         assert (stats.run_time_p50, stats.run_time_p95, stats.run_time_max) == (None, None, None)
         assert (stats.oldest_waiting_id, stats.oldest_waiting_age, stats.workers) == (None, None, [])
+
+
+def test_writers_take_turns_on_a_side_lock_and_work_without_it(tmp_path):
+    home = Home(str(tmp_path / "with"))
+    with open_storage(home) as store:
+        store.add_jobs([make("a")])
+    assert os.path.exists(home.db_path + "-writer.lock")
+    # Where the lock file can't be opened (here a directory is in its way),
+    # writers fall back to SQLite's own locking.
+    blocked = Home(str(tmp_path / "without"))
+    os.makedirs(blocked.db_path + "-writer.lock")
+    with open_storage(blocked) as store:
+        store.add_jobs([make("a")])
+        assert store.get("a").state is JobState.PENDING
