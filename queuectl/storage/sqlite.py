@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import time
 
 try:
     import fcntl
@@ -75,6 +76,7 @@ from queuectl.storage.sqlite_sql import (
     SQL_REVIVE,
     SQL_REVIVE_ALL,
     SQL_RUNNING_ATTEMPTS,
+    SQL_SETUP_STATE,
     SQL_STATS_ATTEMPTS,
     SQL_STATS_COMPLETED_SINCE,
     SQL_STATS_MOST_ATTEMPTS,
@@ -97,10 +99,22 @@ class SqliteStorage(Storage):
     def __init__(self, path, *, durable=True):
         self.path = path
         self._depth = 0
-        self._turn_fd = None
-        self._conn = self._connect(durable)
         self._turn_fd = _open_turn_lock(path + "-writer.lock")
-        self._migrate()
+        try:
+            self._conn = self._connect(durable)
+            try:
+                if self._read_setup() != (APPLICATION_ID, SCHEMA_VERSION):
+                    # First users of a new file (or of an older schema) race to
+                    # create it and switch it to WAL: they take turns, and each
+                    # decides again once it holds the turn.
+                    with self._writer_turn():
+                        self._set_up()
+            except BaseException:
+                self._conn.close()
+                raise
+        except BaseException:
+            self._close_turn_lock()
+            raise
         self._identity = _file_identity(path)
 
     # --- connection --------------------------------------------------------
@@ -111,24 +125,79 @@ class SqliteStorage(Storage):
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from None
         try:
-            # Refuse someone else's database before changing anything in it
-            # (switching it to WAL would rewrite its header).
-            app_id = self._application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            if app_id != APPLICATION_ID and (
-                app_id != 0 or conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            ):
-                conn.close()
-                raise StorageError(f"{self.path} is not a queuectl database")
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                # e.g. a network file system; still correct, just less concurrent.
-                conn.execute("PRAGMA journal_mode=DELETE")
+            # Connection settings only: nothing here writes to the file.
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise self._open_error(exc) from None
         return conn
+
+    def _read_setup(self):
+        """(application id, schema version) of the file, read in one statement.
+
+        One statement is one read transaction, so another process finishing
+        the set-up between two reads can't make a half-made queue look foreign.
+        """
+        with self._errors():
+            app_id, version, tables = self._conn.execute(SQL_SETUP_STATE).fetchone()
+        if app_id != APPLICATION_ID and (app_id != 0 or tables):
+            # Someone else's database: refuse it before changing anything in
+            # it (switching it to WAL would rewrite its header).
+            raise StorageError(f"{self.path} is not a queuectl database")
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"{self.path} was written by a newer queuectl (schema {version})")
+        return app_id, version
+
+    def _set_up(self):
+        """Switch a new file to WAL and bring its schema up to date.
+
+        Runs while holding the writer turn; the state is read again because
+        another process may have finished the work while this one waited.
+        """
+        app_id, version = self._read_setup()
+        if (app_id, version) == (APPLICATION_ID, SCHEMA_VERSION):
+            return
+        with self._errors():
+            if self._switch_to_wal().lower() != "wal":
+                # e.g. a network file system; still correct, just less concurrent.
+                self._conn.execute("PRAGMA journal_mode=DELETE")
+            self._conn.execute(self.begin_statement)
+            try:
+                # Re-read under SQLite's own write lock too, for writers that
+                # don't take the turn (an older queuectl, the sqlite3 shell).
+                app_id, version = self._read_setup()
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _split_sql(MIGRATIONS[target]):
+                        self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        if version == 0:
+            # A new database file: SQLite syncs its contents and its WAL,
+            # not the directory entry of the file itself.
+            fsync_directory(os.path.dirname(self.path))
+
+    def _switch_to_wal(self):
+        """Set WAL mode, retrying while another process holds the file.
+
+        The switch needs the file to itself, and SQLite answers "database is
+        locked" at once instead of calling its busy handler. Only writers
+        without the writer turn (no flock here) can meet that.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        pause = 0.001
+        while True:
+            try:
+                return self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def _open_error(self, exc):
         text = str(exc)
@@ -137,35 +206,6 @@ class SqliteStorage(Storage):
         if "readonly" in text or "unable to open" in text:
             return StorageError(f"cannot write database {self.path}: {text}")
         return StorageError(f"database {self.path}: {text}")
-
-    def _migrate(self):
-        with self._errors():
-            version = self._scalar("PRAGMA user_version")
-            # _connect already read the application id (the common case costs one read here).
-            if version == SCHEMA_VERSION and self._application_id == APPLICATION_ID:
-                return
-            with self.transaction():
-                # Re-read under the write lock: another process may have just done it.
-                version = self._scalar("PRAGMA user_version")
-                app_id = self._scalar("PRAGMA application_id")
-                if version == 0 and app_id == 0:
-                    if self._scalar("SELECT count(*) FROM sqlite_master"):
-                        raise StorageError(f"{self.path} is not a queuectl database")
-                elif app_id != APPLICATION_ID:
-                    raise StorageError(f"{self.path} is not a queuectl database")
-                if version > SCHEMA_VERSION:
-                    raise StorageError(
-                        f"{self.path} was written by a newer queuectl (schema {version})"
-                    )
-                for target in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _split_sql(MIGRATIONS[target]):
-                        self._conn.execute(statement)
-                self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            if version == 0:
-                # A new database file: SQLite syncs its contents and its WAL,
-                # not the directory entry of the file itself.
-                fsync_directory(os.path.dirname(self.path))
 
     def _scalar(self, sql, params=()):
         row = self._conn.execute(sql, params).fetchone()
@@ -247,6 +287,9 @@ class SqliteStorage(Storage):
 
     def close(self):
         self._conn.close()
+        self._close_turn_lock()
+
+    def _close_turn_lock(self):
         if self._turn_fd is not None:
             os.close(self._turn_fd)
             self._turn_fd = None

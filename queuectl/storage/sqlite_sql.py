@@ -10,6 +10,14 @@ from queuectl.jobs import LIST_SORTS
 APPLICATION_ID = 0x5143544C
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 60.0
+
+# Is this file ours, and how far is its schema? One statement, one snapshot.
+SQL_SETUP_STATE = """
+SELECT (SELECT application_id FROM pragma_application_id()),
+       (SELECT user_version FROM pragma_user_version()),
+       (SELECT count(*) FROM sqlite_master)
+"""
+
 # Jobs deleted per write transaction by `purge`.
 PURGE_BATCH = 500
 # Rows fetched from the cursor at a time while streaming `list`.
