@@ -622,3 +622,34 @@ def test_writers_take_turns_on_a_side_lock_and_work_without_it(tmp_path):
     with open_storage(blocked) as store:
         store.add_jobs([make("a")])
         assert store.get("a").state is JobState.PENDING
+
+
+def test_a_driver_error_in_a_transaction_rolls_back_and_frees_the_turn(tmp_path):
+    home = Home(str(tmp_path))
+    with open_storage(home) as store, open_storage(home) as other:
+        store.add_jobs([make("a")])
+        with pytest.raises(StorageError, match="no such table"):
+            with store.transaction() as conn:
+                conn.execute("UPDATE jobs SET priority = 9 WHERE id = 'a'")
+                conn.execute("SELECT * FROM no_such_table")
+        assert store.get("a").priority == 0
+        # The writer lock and SQLite's own lock were both let go: another
+        # connection writes at once, and this one can start a new transaction.
+        other.add_jobs([make("b")])
+        with store.transaction() as conn:
+            conn.execute("UPDATE jobs SET priority = 5 WHERE id = 'b'")
+        assert other.get("b").priority == 5
+
+
+def test_a_failed_commit_is_rolled_back_and_reported(tmp_path):
+    home = Home(str(tmp_path))
+    with open_storage(home) as store:
+        store.add_jobs([make("a")])
+        # A deferred foreign key is checked at COMMIT, so the commit itself fails.
+        with pytest.raises(StorageError, match="FOREIGN KEY"):
+            with store.transaction() as conn:
+                conn.execute("PRAGMA defer_foreign_keys = ON")
+                conn.execute("INSERT INTO attempts (job_seq, number, worker_id, started_at) VALUES (999, 1, 'w', 0)")
+        assert not store._conn.in_transaction
+        assert store.attempts("a") == []
+        store.add_jobs([make("b")])

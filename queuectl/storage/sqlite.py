@@ -99,6 +99,8 @@ class SqliteStorage(Storage):
     def __init__(self, path, *, durable=True):
         self.path = path
         self._depth = 0
+        self._translate = _TranslateErrors(self)
+        self._write = _WriteTransaction(self)
         self._turn_fd = _open_turn_lock(path + "-writer.lock")
         try:
             self._conn = self._connect(durable)
@@ -107,8 +109,11 @@ class SqliteStorage(Storage):
                     # First users of a new file (or of an older schema) race to
                     # create it and switch it to WAL: they take turns, and each
                     # decides again once it holds the turn.
-                    with self._writer_turn():
+                    self._take_turn()
+                    try:
                         self._set_up()
+                    finally:
+                        self._end_turn()
             except BaseException:
                 self._conn.close()
                 raise
@@ -211,34 +216,17 @@ class SqliteStorage(Storage):
         row = self._conn.execute(sql, params).fetchone()
         return row[0] if row else None
 
-    @contextlib.contextmanager
     def transaction(self):
         """One atomic unit of work, holding the write lock from its start.
 
         Nested use joins the outer transaction, which is how ``batch()`` lets
-        several verbs share one commit.
+        several verbs share one commit. Driver errors come out as StorageError.
         """
-        if self._depth:
-            self._depth += 1
-            try:
-                yield self._conn
-            finally:
-                self._depth -= 1
-            return
-        with self._writer_turn():
-            self._conn.execute(self.begin_statement)
-            self._depth = 1
-            try:
-                yield self._conn
-            except BaseException:
-                self._depth = 0
-                self._conn.execute("ROLLBACK")
-                raise
-            self._depth = 0
-            self._conn.execute("COMMIT")
+        return self._write
 
-    @contextlib.contextmanager
-    def _writer_turn(self):
+    batch = transaction
+
+    def _take_turn(self):
         """Queue writers on an OS lock before they ask SQLite for its write lock.
 
         SQLite's busy handler sleeps in 1-15 ms steps while another writer
@@ -249,19 +237,12 @@ class SqliteStorage(Storage):
         Writers that don't take it (an older queuectl, the sqlite3 shell)
         still meet SQLite's own locking, just more slowly.
         """
-        if self._turn_fd is None:
-            yield
-            return
-        fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+        if self._turn_fd is not None:
+            fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
 
-    @contextlib.contextmanager
-    def batch(self):
-        with self._errors(), self.transaction():
-            yield
+    def _end_turn(self):
+        if self._turn_fd is not None:
+            fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def _snapshot(self):
@@ -272,15 +253,9 @@ class SqliteStorage(Storage):
         finally:
             self._conn.execute("COMMIT")
 
-    @contextlib.contextmanager
     def _errors(self):
         """Turn driver errors into ours, so callers never see sqlite3."""
-        try:
-            yield
-        except sqlite3.IntegrityError:
-            raise  # a constraint the caller turns into a meaningful error
-        except sqlite3.DatabaseError as exc:
-            raise self._open_error(exc) from None
+        return self._translate
 
     def is_replaced(self):
         return _file_identity(self.path) != self._identity
@@ -306,7 +281,7 @@ class SqliteStorage(Storage):
             for job in jobs
         ]
         try:
-            with self._errors(), self.transaction() as conn:
+            with self.transaction() as conn:
                 conn.executemany(SQL_INSERT_JOB, rows)
         except StorageError:
             raise
@@ -327,7 +302,7 @@ class SqliteStorage(Storage):
 
     def claim(self, worker_id, now, lease_seconds):
         params = {"worker": worker_id, "now": now, "lease": now + lease_seconds}
-        with self._errors(), self.transaction() as conn:
+        with self.transaction() as conn:
             rows = conn.execute(SQL_CLAIM_NEXT, params).fetchall()
             if not rows:
                 return None
@@ -338,7 +313,7 @@ class SqliteStorage(Storage):
 
     def renew_lease(self, job, now, lease_seconds):
         params = dict(_fence(job), lease=now + lease_seconds, now=now)
-        with self._errors(), self.transaction() as conn:
+        with self.transaction() as conn:
             renewed = conn.execute(SQL_RENEW_LEASE, params).rowcount == 1
         if renewed:
             job.lease_expires_at = params["lease"]
@@ -353,7 +328,7 @@ class SqliteStorage(Storage):
             return [_job_from_row(row) for row in self._conn.execute(SQL_STOPPING_CANCELLED, (now,))]
 
     def release_cancelled(self, job):
-        with self._errors(), self.transaction() as conn:
+        with self.transaction() as conn:
             return conn.execute(SQL_RELEASE_CANCELLED, _fence(job)).rowcount == 1
 
     def keep_output(self, job, result):
@@ -363,7 +338,7 @@ class SqliteStorage(Storage):
             "stdout": result.stdout_tail,
             "stderr": result.stderr_tail,
         }
-        with self._errors(), self.transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(SQL_KEEP_OUTPUT, params)
 
     def complete(self, job, result, now):
@@ -386,7 +361,7 @@ class SqliteStorage(Storage):
             stdout=result.stdout_tail,
             stderr=result.stderr_tail,
         )
-        with self._errors(), self.transaction() as conn:
+        with self.transaction() as conn:
             if conn.execute(SQL_FINISH, params).rowcount != 1:
                 return False
             conn.execute(SQL_CLOSE_ATTEMPT, params)
@@ -444,7 +419,7 @@ class SqliteStorage(Storage):
     def revive(self, job_id, now, states=(JobState.DLQ,)):
         values = [state.value for state in states]
         sql = SQL_REVIVE.format(states=_marks(values))
-        with self._errors(), self.transaction() as conn:
+        with self.transaction() as conn:
             if conn.execute(sql, [now, now, job_id, *values]).rowcount != 1:
                 job = self._get_or_none(job_id)
                 if job is None:
@@ -465,11 +440,11 @@ class SqliteStorage(Storage):
     def revive_all(self, now, states=(JobState.DLQ,)):
         values = [state.value for state in states]
         sql = SQL_REVIVE_ALL.format(states=_marks(values))
-        with self._errors(), self.transaction() as conn:
+        with self.transaction() as conn:
             return conn.execute(sql, [now, now, *values]).rowcount
 
     def cancel(self, job_id, now):
-        with self._errors(), self.transaction() as conn:
+        with self.transaction() as conn:
             row = conn.execute(SQL_GET, (job_id,)).fetchone()
             if row is None:
                 raise JobNotFoundError(f"job {job_id!r} not found")
@@ -498,7 +473,7 @@ class SqliteStorage(Storage):
         # Batches keep each write transaction short, so workers are not held
         # up for the whole of a purge of 100,000 jobs.
         while True:
-            with self._errors(), self.transaction() as conn:
+            with self.transaction() as conn:
                 seqs = [row[0] for row in conn.execute(pick, [*values, finished_before, finished_before, PURGE_BATCH])]
                 if not seqs:
                     break
@@ -513,7 +488,7 @@ class SqliteStorage(Storage):
         return result
 
     def set_paused(self, paused, now):
-        with self._errors(), self.transaction() as conn:
+        with self.transaction() as conn:
             if paused:
                 return conn.execute(SQL_PAUSE, (repr(float(now)),)).rowcount == 1
             return conn.execute(SQL_RESUME).rowcount == 1
@@ -609,20 +584,84 @@ class SqliteStorage(Storage):
     # --- worker registry ---------------------------------------------------
 
     def register_worker(self, worker_id, pid, hostname, process_started_at, now, wake_address):
-        with self._errors(), self.transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 SQL_REGISTER_WORKER,
                 (worker_id, pid, hostname, process_started_at, now, wake_address),
             )
 
     def unregister_worker(self, worker_id):
-        with self._errors(), self.transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(SQL_UNREGISTER_WORKER, (worker_id,))
 
     def list_workers(self):
         keys = ("worker_id", "pid", "hostname", "process_started_at", "started_at", "wake_address")
         with self._errors():
             return [dict(zip(keys, row)) for row in self._conn.execute(SQL_LIST_WORKERS)]
+
+
+class _TranslateErrors:
+    """Context manager turning driver errors into StorageError.
+
+    A class, made once per store, rather than a generator-based context
+    manager: these wrap every statement of a worker's hot path, and building
+    a generator and its wrapper per use showed up in the worker's profile.
+    """
+
+    __slots__ = ("store",)
+
+    def __init__(self, store):
+        self.store = store
+
+    def __enter__(self):
+        return self.store._conn
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None and issubclass(exc_type, sqlite3.DatabaseError):
+            if not issubclass(exc_type, sqlite3.IntegrityError):  # callers give those meaning
+                raise self.store._open_error(exc) from None
+        return False
+
+
+class _WriteTransaction(_TranslateErrors):
+    """``SqliteStorage.transaction()``: BEGIN IMMEDIATE ... COMMIT, nestable."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        store = self.store
+        if store._depth:
+            store._depth += 1
+            return store._conn
+        store._take_turn()
+        try:
+            store._conn.execute(store.begin_statement)
+        except BaseException as exc:
+            store._end_turn()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise store._open_error(exc) from None
+            raise
+        store._depth = 1
+        return store._conn
+
+    def __exit__(self, exc_type, exc, traceback):
+        store = self.store
+        store._depth -= 1
+        if not store._depth:
+            conn = store._conn
+            try:
+                if exc_type is None:
+                    try:
+                        conn.execute("COMMIT")
+                    except sqlite3.DatabaseError as commit_error:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise store._open_error(commit_error) from None
+                elif conn.in_transaction:  # SQLite may already have rolled back (a full disk)
+                    conn.execute("ROLLBACK")
+            finally:
+                store._end_turn()
+        return super().__exit__(exc_type, exc, traceback)
 
 
 def _file_identity(path):
