@@ -15,6 +15,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 
 from queuectl.errors import ConfigError, StorageError
@@ -252,14 +253,27 @@ def set_value(home, key, raw_value):
 
 
 class ConfigWatcher:
-    """Gives a long-running worker the current config, re-reading on change."""
+    """Gives a long-running worker the current config, re-reading on change.
 
-    def __init__(self, home):
+    The file is looked at no more than every ``CHECK_INTERVAL`` seconds: a
+    busy worker asks several times per job, and a ``config set`` still
+    reaches it well within the time a person takes to notice.
+    """
+
+    CHECK_INTERVAL = 0.05
+
+    def __init__(self, home, clock=time.monotonic):
         self._home = home
+        self._clock = clock
         self._stamp = None
         self._values = None
+        self._checked_at = None
 
     def current(self):
+        now = self._clock()
+        if self._values is not None and now - self._checked_at < self.CHECK_INTERVAL:
+            return self._values
+        self._checked_at = now
         try:
             stat = os.stat(self._home.config_path)
             stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)

@@ -1,0 +1,51 @@
+"""The worker's view of the config file: re-read on change, throttled, never lost to a bad edit."""
+
+from queuectl import config as config_mod
+from queuectl.config import ConfigWatcher, Home
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_change_is_seen_once_the_check_interval_has_passed(tmp_path):
+    home = Home(str(tmp_path))
+    clock = FakeClock()
+    watcher = ConfigWatcher(home, clock=clock)
+    assert watcher.current()["max_retries"] == 3  # the default, with no file yet
+    config_mod.set_value(home, "max-retries", "7")
+    clock.now += ConfigWatcher.CHECK_INTERVAL / 2
+    assert watcher.current()["max_retries"] == 3  # not looked at again yet
+    clock.now += ConfigWatcher.CHECK_INTERVAL
+    assert watcher.current()["max_retries"] == 7
+
+
+def test_a_broken_edit_keeps_the_last_good_values(tmp_path):
+    home = Home(str(tmp_path))
+    clock = FakeClock()
+    config_mod.set_value(home, "backoff_base", "3")
+    watcher = ConfigWatcher(home, clock=clock)
+    assert watcher.current()["backoff_base"] == 3
+    with open(home.config_path, "w") as handle:
+        handle.write("{not json")
+    clock.now += ConfigWatcher.CHECK_INTERVAL * 2
+    assert watcher.current()["backoff_base"] == 3
+    with open(home.config_path, "w") as handle:  # the user mends it
+        handle.write('{"backoff_base": 5}')
+    clock.now += ConfigWatcher.CHECK_INTERVAL * 2
+    assert watcher.current()["backoff_base"] == 5
+
+
+def test_a_deleted_file_means_the_defaults_again(tmp_path):
+    home = Home(str(tmp_path))
+    clock = FakeClock()
+    config_mod.set_value(home, "max_retries", "9")
+    watcher = ConfigWatcher(home, clock=clock)
+    assert watcher.current()["max_retries"] == 9
+    (tmp_path / "queuectl.config.json").unlink()
+    clock.now += ConfigWatcher.CHECK_INTERVAL * 2
+    assert watcher.current()["max_retries"] == 3
