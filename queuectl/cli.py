@@ -282,30 +282,11 @@ def worker_run(app, burst, log_file):
     then exits 0; a second Ctrl+C stops the current job too (recorded as a
     failed attempt) and exits 130.
     """
+    from queuectl import worklog
     from queuectl.worker import Worker
 
-    _configure_logging(log_file)
+    worklog.configure(log_file)
     return Worker(app.home, app.storage(durable=False), burst=burst).run()
-
-
-def _configure_logging(log_file):
-    import logging
-
-    if log_file:
-        handler = logging.FileHandler(log_file, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s - %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s - %(message)s"))
-    # A worker logs twice per job; looking up the caller's frame, thread and
-    # process name for every record showed up in its profile, and the format
-    # uses none of them.
-    logging._srcfile = None
-    logging.logThreads = logging.logMultiprocessing = False
-    root = logging.getLogger("queuectl")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
 
 
 # --- reading -------------------------------------------------------------------

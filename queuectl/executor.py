@@ -270,11 +270,14 @@ def run_command(
     tick_interval=1.0,
     wake_fds: Sequence[int] = (),
     claim=None,
+    on_start: Optional[Callable[[], None]] = None,
     clock=time.monotonic,
 ):
     """Run ``command`` to its end and describe how it ended.
 
     ``claim`` (a claim token) marks every process of the run, for ``stop_claimed``.
+    ``on_start`` is called once the command has started: work the caller can
+    do while it runs rather than before.
     """
     started = clock()
     full_env = None
@@ -295,6 +298,8 @@ def run_command(
     result = RunResult()
     waiter = _ChildWaiter(proc)
     try:
+        if on_start is not None:
+            on_start()
         deadline = started + timeout if timeout else None
         next_tick = started + tick_interval
         while True:

@@ -84,6 +84,7 @@ class Worker:
         self._wake = None
         self._spools = ()
         self._signal_r = self._signal_w = None
+        self._held_lines = []
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -118,11 +119,13 @@ class Worker:
                 except Exception:
                     # The job we held (if any) is recovered by its lease.
                     job = None
+                    self._write_held_lines()
                     logger.exception("Worker %s hit an unexpected error; continuing", self.worker_id)
                     self._sleep(ERROR_PAUSE_SECONDS)
             if self.stop_requested and not self.database_replaced:
                 logger.info("Worker %s received a stop signal; exiting", self.worker_id)
         finally:
+            self._write_held_lines()
             self._unregister()
             self._wake.close()
             for spool in self._spools:
@@ -167,8 +170,8 @@ class Worker:
         """Run a claimed job and record its outcome; returns the next claimed job, if any."""
         settings = self.config.current()
         limit = job.attempt_limit
-        logger.info(
-            "Worker %s processing job %s (attempt %d/%d): %s",
+        self._log_soon(
+            logging.INFO, "Worker %s processing job %s (attempt %d/%d): %s",
             self.worker_id, job.id, job.attempts, limit, job.command,
         )
         lease = settings["lease_seconds"]
@@ -204,17 +207,39 @@ class Worker:
             tick_interval=max(0.05, min(CLAIM_CHECK_SECONDS, lease / 3)),
             wake_fds=[self._signal_r] if self._signal_r is not None else [],
             claim=job.claim_token,
+            on_start=self._write_held_lines,
         )
+        self._write_held_lines()  # if the command never started
         if self._housekeeping_due():
             # Record first: our own lease may have lapsed while the run was
             # being stopped, and housekeeping must not reap the job we hold.
             self._record(job, run, settings)
+            self._write_held_lines()
             self._housekeep()
-            return None if self.stop_requested else self._claim()
-        # Recording this outcome and claiming the next job share one commit.
-        with self.storage.batch():
-            self._record(job, run, settings)
-            return None if self.stop_requested else self._claim()
+            next_job = None if self.stop_requested else self._claim()
+        else:
+            # Recording this outcome and claiming the next job share one commit.
+            with self.storage.batch():
+                self._record(job, run, settings)
+                next_job = None if self.stop_requested else self._claim()
+        if next_job is None:
+            self._write_held_lines()
+        return next_job
+
+    def _log_soon(self, level, message, *args):
+        """Log a line at the next quiet moment, in order with the others.
+
+        A job's outcome and the next job's start are written once the next
+        command has started, while it runs: not while this worker holds the
+        queue's write lock, and not in the gap between one job and the next.
+        """
+        self._held_lines.append((level, message, args))
+
+    def _write_held_lines(self):
+        if self._held_lines:
+            for level, message, args in self._held_lines:
+                logger.log(level, message, *args)
+            self._held_lines.clear()
 
     def _why_claim_lost(self, job):
         try:
@@ -240,30 +265,30 @@ class Worker:
             self.storage.keep_output(job, result)
             # The tree is gone (executor stopped it), so the job may be retried now.
             self.storage.release_cancelled(job)
-            logger.info("Job %s was cancelled; stopped its process tree (attempt %d/%d)", job.id, job.attempts, limit)
+            self._log_soon(logging.INFO, "Job %s was cancelled; stopped its process tree (attempt %d/%d)", job.id, job.attempts, limit)
             return
         if run.succeeded:
             recorded = self.storage.complete(job, result, now)
             if recorded:
-                logger.info("Job %s completed (attempt %d/%d)", job.id, job.attempts, limit)
+                self._log_soon(logging.INFO, "Job %s completed (attempt %d/%d)", job.id, job.attempts, limit)
         else:
-            logger.warning("Job %s failed (attempt %d/%d): %s", job.id, job.attempts, limit, result.error_message)
+            self._log_soon(logging.WARNING, "Job %s failed (attempt %d/%d): %s", job.id, job.attempts, limit, result.error_message)
             if job.is_exhausted:
                 recorded = self.storage.bury(job, result, now)
                 if recorded:
-                    logger.info("Job %s moved to DLQ after %d attempts", job.id, job.attempts)
+                    self._log_soon(logging.INFO, "Job %s moved to DLQ after %d attempts", job.id, job.attempts)
             else:
                 delay = self._retry_delay(job, settings)
                 recorded = self.storage.retry_later(job, result, now, now + delay)
                 if recorded:
-                    logger.info(
-                        "Job %s will retry in %s (attempt %d/%d)",
+                    self._log_soon(
+                        logging.INFO, "Job %s will retry in %s (attempt %d/%d)",
                         job.id, format_seconds(delay), job.attempts, limit,
                     )
         if not recorded:
             self.storage.keep_output(job, result)
-            logger.warning(
-                "Job %s attempt %d was taken from worker %s before it finished; its result was discarded",
+            self._log_soon(
+                logging.WARNING, "Job %s attempt %d was taken from worker %s before it finished; its result was discarded",
                 job.id, job.attempts, self.worker_id,
             )
 
@@ -363,6 +388,7 @@ class Worker:
         settings = self.config.current()
         timeout = settings["poll_interval"]
         self._note_pause()
+        self._write_held_lines()
         due = self.storage.next_due_at()
         if due is not None:
             timeout = min(timeout, max(0.0, due - self.clock()))
@@ -372,9 +398,11 @@ class Worker:
         """Log once when the worker finds the queue paused, and once when resumed."""
         paused = self.storage.paused_since() is not None
         if paused and not self._paused_logged:
-            logger.info("Queue is paused: worker %s claims no jobs until `queuectl resume`", self.worker_id)
+            self._log_soon(
+                logging.INFO, "Queue is paused: worker %s claims no jobs until `queuectl resume`", self.worker_id
+            )
         elif self._paused_logged and not paused:
-            logger.info("Queue resumed: worker %s claims jobs again", self.worker_id)
+            self._log_soon(logging.INFO, "Queue resumed: worker %s claims jobs again", self.worker_id)
         self._paused_logged = paused
 
     def _sleep(self, timeout, include_wake=False):
