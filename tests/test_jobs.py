@@ -27,6 +27,17 @@ def test_minimal_job_gets_defaults():
     assert job.cwd == "/tmp" and job.env == {} and job.timeout is None
 
 
+def test_a_batch_gets_distinct_uuid4_ids_and_keeps_its_own():
+    lines = "\n".join('{"command": "true"}' if i % 3 else f'{{"id": "own-{i}", "command": "true"}}' for i in range(3000))
+    jobs = parse_job_batch(lines, now=NOW, default_max_retries=3, default_cwd=None)
+    made = [job.id for job in jobs if not job.id.startswith("own-")]
+    assert len(made) == 2000 and len(set(made)) == 2000
+    for job_id in made:
+        parsed = uuid.UUID(hex=job_id)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, job_id)
+    assert [job.id for job in jobs[::3]] == [f"own-{i}" for i in range(0, 3000, 3)]
+
+
 def test_every_field_is_honoured():
     job = spec(id="x", command="ls", max_retries=5, priority=-2, delay=30, timeout=1.5, cwd="/var", env={"A": "b"})
     assert (job.id, job.max_retries, job.priority, job.timeout) == ("x", 5, -2, 1.5)
