@@ -210,18 +210,24 @@ class Worker:
             on_start=self._write_held_lines,
         )
         self._write_held_lines()  # if the command never started
-        if self._housekeeping_due():
-            # Record first: our own lease may have lapsed while the run was
-            # being stopped, and housekeeping must not reap the job we hold.
-            self._record(job, run, settings)
-            self._write_held_lines()
-            self._housekeep()
-            next_job = None if self.stop_requested else self._claim()
-        else:
-            # Recording this outcome and claiming the next job share one commit.
-            with self.storage.batch():
+        try:
+            if self._housekeeping_due():
+                # Record first: our own lease may have lapsed while the run was
+                # being stopped, and housekeeping must not reap the job we hold.
                 self._record(job, run, settings)
+                self._write_held_lines()
+                self._housekeep()
                 next_job = None if self.stop_requested else self._claim()
+            else:
+                # Recording this outcome and claiming the next job share one commit.
+                with self.storage.batch():
+                    self._record(job, run, settings)
+                    next_job = None if self.stop_requested else self._claim()
+        except Exception:
+            # Nothing of it was committed: the lines describing it would be
+            # untrue. The run is recovered by its lease, as a lost attempt.
+            self._held_lines.clear()
+            raise
         if next_job is None:
             self._write_held_lines()
         return next_job
@@ -265,32 +271,41 @@ class Worker:
             self.storage.keep_output(job, result)
             # The tree is gone (executor stopped it), so the job may be retried now.
             self.storage.release_cancelled(job)
-            self._log_soon(logging.INFO, "Job %s was cancelled; stopped its process tree (attempt %d/%d)", job.id, job.attempts, limit)
+            self._log_soon(
+                logging.INFO, "Job %s was cancelled; stopped its process tree (attempt %d/%d)",
+                job.id, job.attempts, limit,
+            )
             return
         if run.succeeded:
             recorded = self.storage.complete(job, result, now)
             if recorded:
                 self._log_soon(logging.INFO, "Job %s completed (attempt %d/%d)", job.id, job.attempts, limit)
+        elif job.is_exhausted:
+            recorded = self.storage.bury(job, result, now)
+            if recorded:
+                self._log_failure(job, result)
+                self._log_soon(logging.INFO, "Job %s moved to DLQ after %d attempts", job.id, job.attempts)
         else:
-            self._log_soon(logging.WARNING, "Job %s failed (attempt %d/%d): %s", job.id, job.attempts, limit, result.error_message)
-            if job.is_exhausted:
-                recorded = self.storage.bury(job, result, now)
-                if recorded:
-                    self._log_soon(logging.INFO, "Job %s moved to DLQ after %d attempts", job.id, job.attempts)
-            else:
-                delay = self._retry_delay(job, settings)
-                recorded = self.storage.retry_later(job, result, now, now + delay)
-                if recorded:
-                    self._log_soon(
-                        logging.INFO, "Job %s will retry in %s (attempt %d/%d)",
-                        job.id, format_seconds(delay), job.attempts, limit,
-                    )
+            delay = self._retry_delay(job, settings)
+            recorded = self.storage.retry_later(job, result, now, now + delay)
+            if recorded:
+                self._log_failure(job, result)
+                self._log_soon(
+                    logging.INFO, "Job %s will retry in %s (attempt %d/%d)",
+                    job.id, format_seconds(delay), job.attempts, limit,
+                )
         if not recorded:
             self.storage.keep_output(job, result)
             self._log_soon(
                 logging.WARNING, "Job %s attempt %d was taken from worker %s before it finished; its result was discarded",
                 job.id, job.attempts, self.worker_id,
             )
+
+    def _log_failure(self, job, result):
+        self._log_soon(
+            logging.WARNING, "Job %s failed (attempt %d/%d): %s",
+            job.id, job.attempts, job.attempt_limit, result.error_message,
+        )
 
     @staticmethod
     def _retry_delay(job, settings):

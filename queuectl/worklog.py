@@ -16,6 +16,7 @@ When stderr has been swapped for something else (a test's capture), lines go
 through that object instead, as logging would.
 """
 
+import codecs
 import logging
 import os
 import sys
@@ -83,7 +84,9 @@ class LineHandler(logging.Handler):
                 stream.flush()  # what was printed before comes first
                 encoding = getattr(stream, "encoding", None)
         self._fd = fd
-        self._encoding = encoding or "utf-8"
+        # Incremental, so a codec that starts with a byte order mark
+        # (utf-8-sig, utf-16) writes it once, not before every line.
+        self._encode = codecs.getincrementalencoder(encoding or "utf-8")("backslashreplace").encode
 
     def emit(self, record):
         try:
@@ -92,7 +95,7 @@ class LineHandler(logging.Handler):
                 self._stream.write(line)
                 self._stream.flush()
                 return
-            data = line.encode(self._encoding, "backslashreplace")
+            data = self._encode(line)
             while data:
                 written = os.write(self._fd, data)
                 data = data[written:]

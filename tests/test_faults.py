@@ -686,6 +686,45 @@ def test_a_failed_database_write_loses_no_job(queue, monkeypatch):
     assert second.error_message is None
 
 
+def test_an_outcome_whose_commit_failed_is_not_logged(queue, monkeypatch, caplog):
+    """Recording a job and claiming the next share one transaction; when the
+    claim fails, the recorded outcome is rolled back, so the log must not
+    claim it either."""
+    from queuectl.errors import StorageError
+    from queuectl.storage import open_storage
+    from queuectl.worker import Worker
+
+    configure(queue, lease_seconds=30)
+    queue.enqueue(id="first", command="true")
+    queue.enqueue(id="second", command="true")
+
+    class SecondClaimFails:
+        def __init__(self, storage):
+            self._storage = storage
+            self.claims = 0
+
+        def __getattr__(self, name):
+            return getattr(self._storage, name)
+
+        def claim(self, *args):
+            self.claims += 1
+            if self.claims == 2:
+                raise StorageError("database or disk is full")
+            return self._storage.claim(*args)
+
+    monkeypatch.setattr("queuectl.worker.ERROR_PAUSE_SECONDS", 0)
+    caplog.set_level("INFO", logger="queuectl")
+    with open_storage(queue.home, durable=False) as storage:
+        assert Worker(queue.home, SecondClaimFails(storage), burst=True).run() == 0
+    assert queue.job("first")["state"] == "processing"  # rolled back with the failed claim
+    assert queue.job("second")["state"] == "completed"
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(message.startswith("Worker ") and "processing job first" in message for message in messages)
+    assert not any("Job first completed" in message for message in messages), messages
+    assert any("hit an unexpected error" in message for message in messages)
+    assert any("Job second completed" in message for message in messages)
+
+
 def test_start_drops_stale_entries_from_workers_pid(queue):
     configure(queue)
     bystander = subprocess.Popen(["sleep", "60"])

@@ -74,6 +74,26 @@ def test_the_real_stderr_gets_whole_lines_in_order(tmp_path):
     assert result.stderr == "before\nINFO - caf\u00e9 1\nWARNING - second\n"
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "ascii"])
+def test_stderr_encodings_are_honoured_as_a_stream_would(encoding):
+    script = (
+        "import logging\n"
+        "from queuectl import worklog\n"
+        "worklog.configure(None)\n"
+        "log = logging.getLogger('queuectl.worker')\n"
+        "log.info('caf\\u00e9 one')\n"
+        "log.info('two')\n"
+    )
+    env = dict(os.environ, PYTHONIOENCODING=encoding)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env)
+    assert result.returncode == 0, result.stderr
+    expected = "INFO - caf\u00e9 one\nINFO - two\n"
+    if encoding == "ascii":
+        assert result.stderr == b"INFO - caf\\xe9 one\nINFO - two\n"
+    else:
+        assert result.stderr == expected.encode(encoding)  # one byte order mark, at the start
+
+
 def test_workers_sharing_one_file_never_split_a_line(tmp_path):
     path = tmp_path / "workers.log"
     script = (
