@@ -41,7 +41,7 @@ import socket
 import time
 
 from queuectl import config as config_mod
-from queuectl import executor, maintenance, wakeup
+from queuectl import executor, maintenance, wakeup, worklog
 from queuectl.errors import JobNotFoundError
 from queuectl.jobs import AttemptResult, JobState, format_seconds, retry_delay
 
@@ -243,8 +243,7 @@ class Worker:
 
     def _write_held_lines(self):
         if self._held_lines:
-            for level, message, args in self._held_lines:
-                logger.log(level, message, *args)
+            worklog.log_lines(logger, self._held_lines)
             self._held_lines.clear()
 
     def _why_claim_lost(self, job):

@@ -115,3 +115,77 @@ def test_workers_sharing_one_file_never_split_a_line(tmp_path):
         assert match, line
         seen.setdefault(match.group(1), []).append(int(match.group(2)))
     assert all(numbers == list(range(2000)) for numbers in seen.values())
+
+
+LINES = [
+    (logging.INFO, "Job %s completed (attempt %d/%d)", ("a", 1, 3)),
+    (logging.WARNING, "Job %s failed (attempt %d/%d): %s", ("b", 2, 3, "Exit code 1: boom 100%")),
+    (logging.INFO, "no arguments, 100% literal", ()),
+]
+
+
+def test_log_lines_writes_what_logging_would(tmp_path, restore_logging):
+    direct, stock = tmp_path / "direct.log", tmp_path / "stock.log"
+    logger = logging.getLogger("queuectl.worker")
+    worklog.configure(str(stock))
+    for level, message, args in LINES:
+        logger.log(level, message, *args)
+    handler = worklog.configure(str(direct))
+    before = time.time()
+    worklog.log_lines(logger, LINES)
+    after = time.time()
+    stamp = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) "
+    strip = lambda text: re.sub(rf"^{stamp}", "", text, flags=re.M)  # noqa: E731
+    assert strip(direct.read_text()) == strip(stock.read_text())
+    assert strip(direct.read_text()).splitlines()[1] == f"[{os.getpid()}] WARNING - Job b failed (attempt 2/3): Exit code 1: boom 100%"
+    for match in re.finditer(rf"^{stamp}", direct.read_text(), flags=re.M):
+        moment = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) + int(match.group(2)) / 1000
+        assert int(before) <= moment <= after
+    assert handler is worklog._installed
+
+
+def test_log_lines_on_the_console_matches_logging_byte_for_byte():
+    script = (
+        "import logging, sys\n"
+        "from queuectl import worklog\n"
+        "worklog.configure(None)\n"
+        "log = logging.getLogger('queuectl.worker')\n"
+        "lines = [(logging.INFO, 'caf\\u00e9 %s', (1,)), (logging.WARNING, 'plain', ())]\n"
+        "if sys.argv[1] == 'direct':\n"
+        "    worklog.log_lines(log, lines)\n"
+        "else:\n"
+        "    [log.log(level, message, *args) for level, message, args in lines]\n"
+    )
+    outputs = [
+        subprocess.run([sys.executable, "-c", script, way], capture_output=True, env=dict(os.environ, PYTHONIOENCODING="utf-8-sig"))
+        for way in ("direct", "logging")
+    ]
+    assert outputs[0].returncode == outputs[1].returncode == 0
+    assert outputs[0].stderr == outputs[1].stderr == "INFO - caf\u00e9 1\nWARNING - plain\n".encode("utf-8-sig")
+
+
+def test_log_lines_respects_levels_and_other_handlers(tmp_path, restore_logging, caplog):
+    path = tmp_path / "workers.log"
+    worklog.configure(str(path))
+    logger = logging.getLogger("queuectl.worker")
+    logger.setLevel(logging.WARNING)
+    try:
+        worklog.log_lines(logger, LINES)
+    finally:
+        logger.setLevel(logging.NOTSET)
+    assert [line.split(" - ", 1)[1] for line in path.read_text().splitlines()] == ["Job b failed (attempt 2/3): Exit code 1: boom 100%"]
+
+    # Another handler listening (here pytest's capture): every line becomes a record for it too.
+    logging.getLogger("queuectl").addHandler(caplog.handler)
+    worklog.log_lines(logger, LINES[:1])
+    assert [record.getMessage() for record in caplog.records] == ["Job a completed (attempt 1/3)"]
+    assert path.read_text().splitlines()[-1].endswith("INFO - Job a completed (attempt 1/3)")
+
+
+def test_a_line_that_cannot_be_formatted_goes_to_logging_and_never_raises(tmp_path, restore_logging, capsys):
+    path = tmp_path / "workers.log"
+    worklog.configure(str(path))
+    logger = logging.getLogger("queuectl.worker")
+    worklog.log_lines(logger, [(logging.INFO, "needs %d", ("not a number",)), (logging.INFO, "fine %s", ("ok",))])
+    assert path.read_text().splitlines()[-1].endswith("INFO - fine ok")
+    assert "Logging error" in capsys.readouterr().err  # how logging reports a bad record
