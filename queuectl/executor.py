@@ -168,9 +168,13 @@ def job_environment(extra):
     if _base_environment is None:
         _base_environment = dict(os.environb)
     merged = _base_environment.copy()
+    encoding, errors = _FS_ENCODING
     for key, value in extra.items():
-        merged[os.fsencode(key)] = os.fsencode(value)
+        merged[key.encode(encoding, errors)] = value.encode(encoding, errors)  # os.fsencode, inlined
     return merged
+
+
+_FS_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 
 def shell_argv(command):
