@@ -469,7 +469,7 @@ def profile_cli(home, argv, out_prefix):
 BUCKETS = [
     ("starting the job's process (subprocess, environment encoding)", ("subprocess.py", "<frozen os>", "_posixsubprocess", "queuectl/executor.py")),
     ("SQLite storage (statements, transactions, row mapping)", ("sqlite3", "queuectl/storage/")),
-    ("logging", ("/logging/",)),
+    ("logging", ("/logging/", "queuectl/worklog.py")),
     ("job spec parsing and JSON", ("queuectl/specs.py", "queuectl/jobs.py", "json/", "decoder.py", "uuid.py", "<frozen _collections_abc>")),
     ("config re-reads and path building", ("queuectl/config.py", "posixpath", "posix.stat", "genericpath")),
     ("worker loop", ("queuectl/worker.py", "queuectl/wakeup.py", "contextlib.py")),
