@@ -243,8 +243,10 @@ class Worker:
 
     def _write_held_lines(self):
         if self._held_lines:
-            worklog.log_lines(logger, self._held_lines)
-            self._held_lines.clear()
+            try:
+                worklog.log_lines(logger, self._held_lines)
+            finally:
+                self._held_lines.clear()
 
     def _why_claim_lost(self, job):
         try:

@@ -71,7 +71,7 @@ def log_lines(logger, lines):
         else:
             try:
                 handler.write(text)
-            except OSError:
+            except Exception:
                 pass  # as with logging's handlers: a log that can't be written never stops the worker
             return
     for level, message, args in lines:
@@ -127,6 +127,7 @@ class LineHandler(logging.Handler):
         self.closed = False
         self._stream = None
         self._owns_fd = fd is not None
+        errors = "backslashreplace"
         if fd is None and stream is not None:
             fd = _raw_fd(stream)
             if fd is None:
@@ -134,10 +135,11 @@ class LineHandler(logging.Handler):
             else:
                 stream.flush()  # what was printed before comes first
                 encoding = getattr(stream, "encoding", None)
-        self._fd = fd
+                errors = getattr(stream, "errors", None) or errors
+        self._fd = fd  # None with no stream either: stderr is closed, lines go nowhere
         # Incremental, so a codec that starts with a byte order mark
         # (utf-8-sig, utf-16) writes it once, not before every line.
-        self._encode = codecs.getincrementalencoder(encoding or "utf-8")("backslashreplace").encode
+        self._encode = codecs.getincrementalencoder(encoding or "utf-8")(errors).encode
         self._with_time = with_time
         self.setFormatter(SecondCachingFormatter(FILE_FORMAT if with_time else CONSOLE_FORMAT))
 
@@ -161,6 +163,8 @@ class LineHandler(logging.Handler):
         if self._stream is not None:
             self._stream.write(text)
             self._stream.flush()
+            return
+        if self._fd is None:
             return
         data = self._encode(text)
         while data:

@@ -9,7 +9,10 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import sys
+
+import pytest
 
 from conftest import wait_for
 
@@ -237,3 +240,44 @@ def test_worker_start_outlives_its_shell_and_logs_to_the_home(queue):
     assert queue.run("worker", "stop").stdout.splitlines()[-1] == "All workers stopped successfully"
     with open(queue.home.pidfile_path) as handle:
         assert json.load(handle) == {"workers": []}
+
+
+def test_a_worker_with_stderr_closed_still_runs_its_jobs(queue):
+    # Found by review: with fd 2 closed the log handler had nowhere to write,
+    # and the error stranded the claimed job in `processing`.
+    queue.enqueue(id="quiet", command="echo ran > ran.txt")
+    worker = subprocess.run(
+        ["sh", "-c", f'exec "{sys.executable}" -m queuectl worker run --burst 2>&-'],
+        env=dict(os.environ, QUEUECTL_HOME=queue.path),
+        cwd=queue.path,
+        timeout=60,
+    )
+    assert worker.returncode == 0
+    assert queue.job("quiet")["state"] == "completed"
+    assert open(os.path.join(queue.path, "ran.txt")).read() == "ran\n"
+
+
+def test_console_log_on_a_narrow_encoding_uses_the_streams_stand_in(queue):
+    queue.enqueue(id="accents", command="echo café ✓")
+    result = subprocess.run(
+        [sys.executable, "-m", "queuectl", "worker", "run", "--burst"],
+        env=dict(os.environ, QUEUECTL_HOME=queue.path, PYTHONIOENCODING="latin-1"),
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert "processing job accents (attempt 1/3): echo café ?" in result.stderr.decode("latin-1")
+
+
+def test_an_env_value_the_file_system_encoding_cannot_hold_is_a_failed_start(queue):
+    # An ASCII-only locale with UTF-8 mode off: "café" can't be passed to a process.
+    queue.enqueue(id="narrow", command="true", env={"GREETING": "café"}, max_retries=1)
+    narrow = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "utf-8"}
+    probe = subprocess.run([sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"],
+                           env=dict(os.environ, **narrow), capture_output=True, text=True)
+    if probe.stdout.strip() not in ("ascii", "ANSI_X3.4-1968"):
+        pytest.skip(f"this Python keeps {probe.stdout.strip()} as its file system encoding under LC_ALL=C")
+    queue.run("worker", "run", "--burst", env=narrow)
+    job = queue.job("narrow")
+    assert job["state"] == "dlq"
+    assert job["error_message"].startswith("Failed to start:") and "codec can't encode" in job["error_message"]
