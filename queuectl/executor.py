@@ -284,19 +284,19 @@ def run_command(
     do while it runs rather than before.
     """
     started = clock()
-    full_env = None
-    if env or claim:
-        full_env = job_environment(dict(env or {}, **({CLAIM_ENV: claim} if claim else {})))
     stdout.prepare()
     stderr.prepare()
     try:
+        full_env = None
+        if env or claim:
+            full_env = job_environment(dict(env or {}, **({CLAIM_ENV: claim} if claim else {})))
         proc = spawn(shell_argv(command), cwd=cwd, env=full_env, stdout=stdout.fileno(), stderr=stderr.fileno())
     except OSError as exc:
         detail = exc.strerror or str(exc)
         if exc.filename:
             detail = f"{detail}: {exc.filename}"
         return RunResult(start_error=detail, duration=clock() - started)
-    except ValueError as exc:  # e.g. a NUL byte in an environment value
+    except ValueError as exc:  # a NUL byte, or text the file system encoding can't hold
         return RunResult(start_error=str(exc), duration=clock() - started)
 
     result = RunResult()
