@@ -312,6 +312,10 @@ def _decode_specs(text):
     return [data]
 
 
+# What JSON counts as whitespace (str.strip() alone would also take U+00A0 and more).
+_JSON_SPACE = " \t\r"
+
+
 def _decode_lines(text):
     """JSON lines: one document per line, blank lines skipped.
 
@@ -328,7 +332,7 @@ def _decode_lines(text):
         except (StopIteration, ValueError, RecursionError):
             pass
         else:
-            if end == len(line) or not line[end:].strip():
+            if end == len(line) or not line[end:].strip(_JSON_SPACE):
                 specs.append(value)
                 continue
         if not line.strip():

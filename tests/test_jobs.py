@@ -38,6 +38,15 @@ def test_a_batch_gets_distinct_uuid4_ids_and_keeps_its_own():
     assert [job.id for job in jobs[::3]] == [f"own-{i}" for i in range(0, 3000, 3)]
 
 
+@pytest.mark.parametrize("after", ["\u00a0", "\u3000", "\x1f", "\x0c"])
+def test_only_json_whitespace_may_follow_a_json_line(after):
+    # str.strip() would take these too; JSON's whitespace is space, tab, CR and LF only.
+    with pytest.raises(ValidationError, match="invalid JSON on line 1: Extra data"):
+        parse_job_batch(f'{{"command": "a"}}{after}\n{{"command": "b"}}\n', now=NOW, default_max_retries=3, default_cwd=None)
+    jobs = parse_job_batch('{"command": "a"} \t\r\n{"command": "b"}\r\n', now=NOW, default_max_retries=3, default_cwd=None)
+    assert [job.command for job in jobs] == ["a", "b"]
+
+
 def test_every_field_is_honoured():
     job = spec(id="x", command="ls", max_retries=5, priority=-2, delay=30, timeout=1.5, cwd="/var", env={"A": "b"})
     assert (job.id, job.max_retries, job.priority, job.timeout) == ("x", 5, -2, 1.5)
