@@ -81,11 +81,11 @@ class App:
         self.home = home
         self._storage = None
 
-    def storage(self, *, durable=True):
+    def storage(self, *, durable=True, create=True):
         if self._storage is None:
             from queuectl.storage import open_storage
 
-            self._storage = open_storage(self.home, durable=durable)
+            self._storage = open_storage(self.home, durable=durable, create=create)
             click.get_current_context().call_on_close(self._storage.close)
         return self._storage
 
@@ -311,7 +311,7 @@ def status(app, watch, interval, as_json):
     """
     from queuectl import output, supervisor
 
-    storage = app.storage()
+    storage = app.storage(create=False)
 
     def snapshot():
         now = time.time()
@@ -375,7 +375,7 @@ def list_jobs(app, states, limit, sort, reverse, as_json):
     """
     from queuectl import output
 
-    storage = app.storage()
+    storage = app.storage(create=False)
     jobs = storage.iter_jobs(states, limit, sort, reverse)
     if as_json:
         output.echo_json_stream(job.to_dict() for job in jobs)
@@ -403,7 +403,7 @@ def show(app, job_id, tail_lines, as_json):
     """
     from queuectl import output
 
-    storage = app.storage()
+    storage = app.storage(create=False)
     job = storage.get(job_id)
     attempts = storage.attempts(job_id)
     if as_json:
@@ -431,7 +431,7 @@ def stats(app, as_json):
     from queuectl import output
 
     now = time.time()
-    numbers = app.storage().stats(now)
+    numbers = app.storage(create=False).stats(now)
     if as_json:
         output.echo_json(output.stats_json(numbers, now))
     else:
@@ -458,7 +458,7 @@ def logs(app, job_id, number, follow, lines, as_json):
 
     if follow and as_json:
         raise click.UsageError("--follow and --json cannot be combined")
-    storage = app.storage()
+    storage = app.storage(create=False)
     find = logfiles.wait_for_attempt if follow else logfiles.find_attempt
     attempt = find(storage, job_id, number)
     if as_json:
@@ -509,7 +509,7 @@ def dlq_list(app, limit, as_json):
     """List jobs whose attempts are used up."""
     from queuectl import output
 
-    jobs = app.storage().list_jobs([JobState.DLQ], limit)
+    jobs = app.storage(create=False).list_jobs([JobState.DLQ], limit)
     if as_json:
         output.echo_json([job.to_dict() for job in jobs])
     else:

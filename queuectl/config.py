@@ -12,6 +12,7 @@ lose an update or leave a torn file.
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import tempfile
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass
 
 from queuectl.errors import ConfigError, StorageError
+
+logger = logging.getLogger("queuectl.config")
 
 DB_NAME = "queuectl.db"
 CONFIG_NAME = "queuectl.config.json"
@@ -282,9 +285,10 @@ class ConfigWatcher:
         if self._values is None or stamp != self._stamp:
             try:
                 self._values = load_config(self._home)
-            except StorageError:
+            except StorageError as exc:
                 # A worker keeps its last good config rather than dying on a bad edit.
                 if self._values is None:
                     raise
+                logger.warning("Ignoring the changed config file, keeping the last good settings: %s", exc)
             self._stamp = stamp
         return self._values

@@ -21,7 +21,7 @@ from typing import List
 
 import psutil
 
-from queuectl.config import write_atomically
+from queuectl.config import load_config, write_atomically
 from queuectl.errors import WorkerError
 from queuectl.worker import worker_name
 
@@ -168,6 +168,7 @@ def live_workers(home, storage):
 def start_workers(home, storage, count):
     """Launch ``count`` detached workers; return their PIDs once each is registered."""
     home.ensure()
+    load_config(home)  # a broken config file is refused here, not in every worker's log
     procs = [_spawn(home) for _ in range(count)]
     try:
         started = _wait_registered(home, storage, procs)

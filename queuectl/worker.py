@@ -93,6 +93,7 @@ class Worker:
 
         Returns the exit status: 0, or 130 when a second Ctrl+C cut a job short.
         """
+        self.config.current()  # a broken config file stops us here, with one clear error
         os.makedirs(self.home.logs_dir, exist_ok=True)
         self._spools = tuple(
             executor.Spool(self.home.spool_path(self.worker_id, stream)) for stream in config_mod.LOG_STREAMS

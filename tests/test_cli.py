@@ -150,6 +150,39 @@ class TestEnqueue:
         assert one_error_line(result) == f"Error: {home.db_path} is not a queuectl database"
         assert open(home.db_path).read() == "just text\n" * 50
 
+    @pytest.mark.parametrize(
+        "args", [["status"], ["list"], ["stats"], ["dlq", "list"], ["show", "x"], ["logs", "x"]]
+    )
+    def test_reading_a_home_that_does_not_exist_creates_nothing(self, tmp_path, monkeypatch, args):
+        # A mistyped --home must not look like an empty queue (and must not be made).
+        monkeypatch.delenv("QUEUECTL_DB", raising=False)
+        missing = tmp_path / "typo"
+        result = CliRunner().invoke(cli, ["--home", str(missing), *args])
+        assert result.exit_code == 1
+        assert one_error_line(result) == f"Error: queue home {missing} does not exist (check --home or QUEUECTL_HOME)"
+        assert not missing.exists()
+
+    def test_database_url_with_an_unknown_scheme(self, run, home, monkeypatch):
+        monkeypatch.setenv("QUEUECTL_DB", "mysql://db/queue")
+        result = run("list")
+        assert result.exit_code == 1
+        assert "unsupported scheme" in one_error_line(result)
+        assert not os.path.exists("mysql:")
+
+    @pytest.mark.parametrize("args", [["worker", "run", "--burst"], ["worker", "start"]])
+    def test_workers_refuse_a_broken_config_file(self, run, home, args):
+        run("enqueue", '{"id": "j", "command": "true"}')
+        with open(home.config_path, "w") as handle:
+            handle.write('{"max_retries": -4}')
+        result = run(*args)
+        assert result.exit_code == 1
+        assert one_error_line(result) == (
+            f"Error: {home.config_path}: max_retries must be an integer from 0 to 1000000"
+        )
+        assert not os.path.exists(home.pidfile_path)
+        with open_storage(home) as store:
+            assert store.get("j").state.value == "pending"
+
 
 class TestReadCommands:
     def test_status_block(self, run):

@@ -24,7 +24,7 @@ def test_a_change_is_seen_once_the_check_interval_has_passed(tmp_path):
     assert watcher.current()["max_retries"] == 7
 
 
-def test_a_broken_edit_keeps_the_last_good_values(tmp_path):
+def test_a_broken_edit_keeps_the_last_good_values(tmp_path, caplog):
     home = Home(str(tmp_path))
     clock = FakeClock()
     config_mod.set_value(home, "backoff_base", "3")
@@ -34,6 +34,12 @@ def test_a_broken_edit_keeps_the_last_good_values(tmp_path):
         handle.write("{not json")
     clock.now += ConfigWatcher.CHECK_INTERVAL * 2
     assert watcher.current()["backoff_base"] == 3
+    clock.now += ConfigWatcher.CHECK_INTERVAL * 2
+    assert watcher.current()["backoff_base"] == 3
+    # Said once in the worker's log, not at every check.
+    warnings = [r.getMessage() for r in caplog.records if r.name == "queuectl.config"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("Ignoring the changed config file, keeping the last good settings: cannot read")
     with open(home.config_path, "w") as handle:  # the user mends it
         handle.write('{"backoff_base": 5}')
     clock.now += ConfigWatcher.CHECK_INTERVAL * 2

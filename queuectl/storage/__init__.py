@@ -13,8 +13,12 @@ from queuectl.storage.base import Storage
 __all__ = ["Storage", "open_storage"]
 
 
-def open_storage(home, *, durable=True):
-    """Open the queue of ``home``; ``durable=False`` only for worker transitions."""
+def open_storage(home, *, durable=True, create=True):
+    """Open the queue of ``home``; ``durable=False`` only for worker transitions.
+
+    ``create=False`` is for commands that only read: they must not turn a
+    mistyped home into a new, empty queue.
+    """
     url = os.environ.get("QUEUECTL_DB", "").strip()
     if url.startswith(("postgres://", "postgresql://")):
         raise StorageError("the PostgreSQL backend is not available in this version")
@@ -23,9 +27,13 @@ def open_storage(home, *, durable=True):
         path = url[len("sqlite:///"):]
     elif url.startswith("sqlite:"):
         raise StorageError(f"QUEUECTL_DB {url!r} is not a sqlite:///PATH URL")
+    elif "://" in url:
+        raise StorageError(f"QUEUECTL_DB {url!r}: unsupported scheme (use sqlite:///PATH or a file path)")
     elif url:
         path = url
     else:
+        if not create and not os.path.isdir(home.path):
+            raise StorageError(f"queue home {home.path} does not exist (check --home or QUEUECTL_HOME)")
         home.ensure()
         path = home.db_path
     from queuectl.storage.sqlite import SqliteStorage
