@@ -107,6 +107,13 @@ def spawn(argv, *, cwd, env, stdout, stderr):
     )
 
 
+# Python ignores these in itself; a job must get them back at their defaults
+# (as Popen's restore_signals does), or `yes | head -1` never ends.
+_RESTORED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
+
+
 class _SpawnedChild:
     """A child started with os.posix_spawn, with the slice of Popen we use."""
 
@@ -132,7 +139,9 @@ class _SpawnedChild:
         if cwd is not None:
             os.chdir(cwd)
         try:
-            self.pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
+            self.pid = os.posix_spawn(
+                argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=_RESTORED_SIGNALS
+            )
         finally:
             if cwd is not None:
                 os.fchdir(cls._home_fd)

@@ -105,3 +105,15 @@ def test_tick_can_stop_the_job(spools, tmp_path):
     result = run(spools, tmp_path, "sleep 30", tick=tick, tick_interval=0.05)
     assert result.stopped_because == "cancelled by test"
     assert result.error_message == "Stopped: cancelled by test"
+
+
+def test_jobs_get_sigpipe_back_at_its_default(spools, tmp_path):
+    # Python ignores SIGPIPE in the worker; a job that inherited that would
+    # make `yes | head -n 1` spin until its timeout, printing write errors.
+    result = run(spools, tmp_path, "yes | head -n 1; grep '^SigIgn' /proc/self/status", timeout=10)
+    assert result.succeeded, result.error_message
+    assert result.stderr_tail == ""
+    first, ignored = result.stdout_tail.splitlines()
+    assert first == "y"
+    mask = int(ignored.split()[1], 16)
+    assert not mask & (1 << (13 - 1)), ignored  # SIGPIPE is signal 13
