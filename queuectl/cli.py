@@ -554,7 +554,7 @@ def cancel(app, job_id):
     """Cancel a pending, failed or running job; it will not run (again).
 
     A running job's whole process tree is stopped by its worker within about
-    a second, and the attempt is recorded as cancelled, not failed: the job
+    half a second, and the attempt is recorded as cancelled, not failed: the job
     is not retried. Finished jobs cannot be cancelled. `queuectl retry ID`
     brings a cancelled job back.
 

@@ -448,12 +448,26 @@ def _stop_group(pgid):
 
 
 def _group_alive(pgid):
-    """Whether any process of the job's group is still around (signal 0 probes)."""
+    """Whether any process of the job's group is still running.
+
+    A signal-0 probe answers for the common case (nothing left) at once. It
+    also counts zombies, though: members already dead whose new parent (init)
+    has not reaped them yet, which on some hosts takes seconds. Those need no
+    stopping, so when the probe says yes, the group's members are looked at.
+    """
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    import psutil
+
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (OSError, psutil.Error):
+            continue  # gone meanwhile, or not ours to look at
+    return False
 
 
 def _signal_group(pgid, signum):

@@ -117,3 +117,34 @@ def test_jobs_get_sigpipe_back_at_its_default(spools, tmp_path):
     assert first == "y"
     mask = int(ignored.split()[1], 16)
     assert not mask & (1 << (13 - 1)), ignored  # SIGPIPE is signal 13
+
+
+def test_a_group_left_with_only_zombies_counts_as_gone():
+    # Killed members wait for init to reap them, slowly on some hosts; the
+    # worker must not sit out the kill grace for them.
+    from queuectl.executor import _group_alive
+
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        os._exit(0)
+    try:
+        wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, what="a zombie group leader")
+        os.killpg(pid, 0)  # the signal probe alone still finds the group
+        assert not _group_alive(pid)
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_a_group_with_a_running_member_is_alive():
+    import subprocess
+
+    from queuectl.executor import _group_alive
+
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert _group_alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not _group_alive(proc.pid)
