@@ -281,7 +281,7 @@ def format_seconds(seconds):
 def summarize_failure(exit_code, stderr_tail):
     """``Exit code 1: <last stderr line(s)>``, bounded in length."""
     message = f"Exit code {exit_code}"
-    last = last_sentence(stderr_tail)
+    last = printable(last_sentence(stderr_tail))
     if last:
         message = f"{message}: {last}"
     return truncate(message, ERROR_MESSAGE_CHARS)
@@ -301,6 +301,21 @@ def last_sentence(text):
     while start > 0 and lines[start - 1].endswith(","):
         start -= 1
     return " ".join(lines[start:])
+
+
+# Control characters shown the way `cat -v` does (ESC as ^[), so that text a
+# job wrote can't move the cursor, retitle the window or ring the bell when
+# queuectl prints it. Tabs and newlines stay.
+_CONTROL_STAND_INS = {code: "^" + chr(code + 64) for code in range(32) if chr(code) not in "\t\n"}
+_CONTROL_STAND_INS[127] = "^?"
+_CONTROL_STAND_INS.update({code: f"\\x{code:02x}" for code in range(128, 160)})
+
+
+def printable(text):
+    """``text`` with its control characters (but tab and newline) made visible."""
+    if text.isprintable():
+        return text
+    return text.translate(_CONTROL_STAND_INS)
 
 
 def truncate(text, limit):

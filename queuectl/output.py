@@ -9,7 +9,7 @@ import time
 import click
 from tabulate import tabulate
 
-from queuectl.jobs import JobState, format_iso
+from queuectl.jobs import JobState, format_iso, printable
 
 COMMAND_WIDTH = 40
 ERROR_WIDTH = 50
@@ -33,7 +33,7 @@ def shorten(text, width):
     """One line of at most ``width`` characters, ending in ``...`` if cut."""
     if text is None:
         return ""
-    line = " ".join(str(text).split())
+    line = printable(" ".join(str(text).split()))
     if len(line) <= width:
         return line
     cut = line[: width - 3]
@@ -280,7 +280,7 @@ def render_job_detail(job, attempts, *, now, tail_lines=20):
             for name, text in (("stdout", last.stdout_tail), ("stderr", last.stderr_tail)):
                 tail = text.splitlines()[-tail_lines:]
                 lines.append(f"  {name}:" + ("" if tail else " (empty)"))
-                lines += ["    " + row for row in tail]
+                lines += ["    " + printable(row) for row in tail]
     return "\n".join(lines)
 
 
@@ -299,7 +299,7 @@ def _detail_value(job, name, now):
         return json.dumps(value, ensure_ascii=False) if value else ""
     if name == "timeout":
         return "" if value is None else format_duration(value)
-    return "" if value is None else str(value)
+    return "" if value is None else printable(str(value))
 
 
 def job_detail_json(job, attempts):

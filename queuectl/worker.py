@@ -43,7 +43,7 @@ import time
 from queuectl import config as config_mod
 from queuectl import executor, maintenance, wakeup, worklog
 from queuectl.errors import JobNotFoundError
-from queuectl.jobs import AttemptResult, JobState, format_seconds, retry_delay
+from queuectl.jobs import AttemptResult, JobState, format_seconds, printable, retry_delay
 
 logger = logging.getLogger("queuectl.worker")
 
@@ -173,7 +173,7 @@ class Worker:
         limit = job.attempt_limit
         self._log_soon(
             logging.INFO, "Worker %s processing job %s (attempt %d/%d): %s",
-            self.worker_id, job.id, job.attempts, limit, job.command,
+            self.worker_id, job.id, job.attempts, limit, printable(job.command),
         )
         lease = settings["lease_seconds"]
         timeout = job.timeout if job.timeout is not None else settings["job_timeout"]

@@ -185,6 +185,19 @@ class TestEnqueue:
 
 
 class TestReadCommands:
+    def test_no_escape_sequence_from_a_job_reaches_the_terminal(self, run, home):
+        run("enqueue", json.dumps({"id": "esc", "command": "printf '\\033[2J'; exit 1"}))
+        with open_storage(home) as store:
+            job = store.claim("worker-test", time.time(), 30)
+            result = AttemptResult(False, 1, "Exit code 1: \x1b]0;pwned\x07", stdout_tail="\x1b[2Jout\n")
+            store.bury(job, result, time.time())
+        for args in (["dlq", "list"], ["show", "esc"], ["list"], ["list", "--state", "dlq"]):
+            output = run(*args).stdout
+            assert "\x1b" not in output and "\x07" not in output, args
+        shown = run("show", "esc").stdout
+        assert "error_message:    Exit code 1: ^[]0;pwned^G" in shown
+        assert "    ^[[2Jout" in shown
+
     def test_status_block(self, run):
         run("enqueue", '{"id": "a", "command": "true"}')
         result = run("status")

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from queuectl.errors import ValidationError
-from queuectl.jobs import Job, JobState, check_purgeable, percentile_rank, retry_delay, summarize_failure
+from queuectl.jobs import Job, JobState, check_purgeable, percentile_rank, printable, retry_delay, summarize_failure
 from queuectl.specs import parse_duration, parse_job_batch, parse_job_spec, parse_time
 
 NOW = 1_800_000_000.0
@@ -139,6 +139,14 @@ def test_failure_summary_uses_last_stderr_line():
     assert summarize_failure(1, windows) == (
         "Exit code 1: 'nonexistent_command_xyz' is not recognized as an internal or external command, operable program or batch file."
     )
+
+
+def test_control_characters_from_a_job_are_made_visible():
+    assert printable("plain text, caf\u00e9") == "plain text, caf\u00e9"
+    assert printable("\x1b]0;pwned\x07 \x1b[2J\r\x7f\x9b") == "^[]0;pwned^G ^[[2J^M^?\\x9b"
+    assert printable("a\tb\nc") == "a\tb\nc"
+    # A job's stderr can't put an escape sequence into its error message.
+    assert summarize_failure(1, "\x1b]0;pwned\x07\n") == "Exit code 1: ^[]0;pwned^G"
 
 
 def test_state_parsing_accepts_dead_alias():
