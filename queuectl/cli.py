@@ -111,9 +111,20 @@ class Seconds(click.ParamType):
         return number
 
 
-# Row counts: a ceiling far above any queue, below SQLite's integer limit.
-COUNT = click.IntRange(1, 2**62)
-COUNT_OR_ZERO = click.IntRange(0, 2**62)
+class Count(click.IntRange):
+    """A row count from ``minimum`` up; a huge one means "all" (SQLite's integers end at 2**63)."""
+
+    CEILING = 2**62
+
+    def __init__(self, minimum):
+        super().__init__(min=minimum)
+
+    def convert(self, value, param, ctx):
+        return min(super().convert(value, param, ctx), self.CEILING)
+
+
+COUNT = Count(1)
+COUNT_OR_ZERO = Count(0)
 
 
 def _read_text(handle):
@@ -125,7 +136,7 @@ def _read_text(handle):
 
 def json_option(func):
     """``--json``: machine-readable output, shared by every read command."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(func)
 
 
 def _complete_states(ctx, param, incomplete):

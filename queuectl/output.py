@@ -198,11 +198,12 @@ def render_status(counts, workers, scheduled=0, paused_since=None):
         lines.append(f"Queue: paused since {format_local(paused_since)} (no new claims until `queuectl resume`)")
     lines += ["", f"Workers: {len(workers)} active"]
     if workers:
-        lines.append(f"Worker PIDs: {[w['pid'] for w in workers]}")
+        lines.append(f"Worker PIDs: {sorted(w['pid'] for w in workers)}")
     return "\n".join(lines)
 
 
 def status_json(counts, workers, scheduled=0, paused_since=None):
+    workers = sorted(workers, key=lambda w: w["pid"])
     return {
         "jobs": {state.value: counts[state] for state in JobState},
         "total": sum(counts.values()),
