@@ -168,6 +168,11 @@ class TestEnqueue:
         assert result.exit_code == 1
         assert "unsupported scheme" in one_error_line(result)
         assert not os.path.exists("mysql:")
+        # An absolute path is a path, even with "://" in a directory name.
+        os.makedirs(os.path.join(home.path, "odd:", "dir"))
+        monkeypatch.setenv("QUEUECTL_DB", os.path.join(home.path, "odd://dir", "q.db"))
+        assert run("enqueue", '{"command": "true"}').exit_code == 0
+        assert os.path.exists(os.path.join(home.path, "odd:", "dir", "q.db"))
 
     @pytest.mark.parametrize("args", [["worker", "run", "--burst"], ["worker", "start"]])
     def test_workers_refuse_a_broken_config_file(self, run, home, args):

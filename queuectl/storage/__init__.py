@@ -6,11 +6,15 @@ Without it, the queue is ``queuectl.db`` in the queue home.
 """
 
 import os
+import re
 
 from queuectl.errors import StorageError
 from queuectl.storage.base import Storage
 
 __all__ = ["Storage", "open_storage"]
+
+# "mysql://...", "file://...": a URL we don't serve, not a file name.
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def open_storage(home, *, durable=True, create=True):
@@ -27,7 +31,7 @@ def open_storage(home, *, durable=True, create=True):
         path = url[len("sqlite:///"):]
     elif url.startswith("sqlite:"):
         raise StorageError(f"QUEUECTL_DB {url!r} is not a sqlite:///PATH URL")
-    elif "://" in url:
+    elif _URL_SCHEME.match(url):
         raise StorageError(f"QUEUECTL_DB {url!r}: unsupported scheme (use sqlite:///PATH or a file path)")
     elif url:
         path = url
