@@ -228,6 +228,8 @@ def _read_file(path):
         raise StorageError(f"cannot use queue home {home}: Not a directory") from None
     except (OSError, ValueError) as exc:
         raise StorageError(f"cannot read {path}: {exc}") from None
+    except RecursionError:
+        raise StorageError(f"cannot read {path}: its JSON is nested too deeply") from None
     if not isinstance(raw, dict):
         raise StorageError(f"{path} does not hold a JSON object")
     values = {}
@@ -261,9 +263,14 @@ class ConfigWatcher:
     The file is looked at no more than every ``CHECK_INTERVAL`` seconds: a
     busy worker asks several times per job, and a ``config set`` still
     reaches it well within the time a person takes to notice.
+
+    Only the first read may fail (the worker then refuses to start). Later,
+    whatever goes wrong with the file, the worker keeps its last good
+    settings and says so once per problem.
     """
 
     CHECK_INTERVAL = 0.05
+    _UNREADABLE = object()  # the stamp of a file that could not be used
 
     def __init__(self, home, clock=time.monotonic):
         self._home = home
@@ -271,6 +278,7 @@ class ConfigWatcher:
         self._stamp = None
         self._values = None
         self._checked_at = None
+        self._problem = None
 
     def current(self):
         now = self._clock()
@@ -278,17 +286,25 @@ class ConfigWatcher:
             return self._values
         self._checked_at = now
         try:
-            stat = os.stat(self._home.config_path)
-            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        except FileNotFoundError:
-            stamp = None
-        if self._values is None or stamp != self._stamp:
-            try:
+            stamp = self._file_stamp()
+            if self._values is None or stamp != self._stamp:
                 self._values = load_config(self._home)
-            except StorageError as exc:
-                # A worker keeps its last good config rather than dying on a bad edit.
-                if self._values is None:
-                    raise
-                logger.warning("Ignoring the changed config file, keeping the last good settings: %s", exc)
-            self._stamp = stamp
+                self._stamp, self._problem = stamp, None
+        except StorageError as exc:
+            if self._values is None:
+                raise
+            self._stamp = self._UNREADABLE
+            if exc.message != self._problem:
+                self._problem = exc.message
+                logger.warning("Ignoring the config file, keeping the last good settings: %s", exc.message)
         return self._values
+
+    def _file_stamp(self):
+        path = self._home.config_path
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror}") from None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from queuectl.jobs import OUTPUT_TAIL_BYTES, format_seconds, summarize_failure
+from queuectl.jobs import OUTPUT_TAIL_BYTES, format_seconds, printable, summarize_failure
 
 # After SIGTERM, how long the tree gets to exit before SIGKILL.
 KILL_GRACE_SECONDS = 2.0
@@ -67,7 +67,7 @@ class RunResult:
     def error_message(self):
         """The one-line reason a failed run failed (None when it succeeded)."""
         if self.start_error is not None:
-            return f"Failed to start: {self.start_error}"
+            return f"Failed to start: {printable(self.start_error)}"
         if self.timed_out_after is not None:
             return f"Timed out after {format_seconds(self.timed_out_after)}"
         if self.stopped_because is not None:
@@ -348,12 +348,12 @@ def run_command(
     else:
         result.exit_code = code
     result.duration = clock() - started
-    leftovers = not IS_WINDOWS and _group_alive(proc.pid)
+    leftovers = not IS_WINDOWS and _group_exists(proc.pid) and _group_running(proc.pid)
     if not result.succeeded:
         # A failed attempt leaves nothing running, so its retry can never
         # overlap it: not its group's background processes, and not the ones
         # that left the group (setsid), found by the run's claim marker.
-        if leftovers:
+        if not IS_WINDOWS and _group_exists(proc.pid):
             _stop_group(proc.pid)
         if claim:
             stop_claimed([claim])
@@ -439,31 +439,46 @@ def _kill_tree(proc, waiter):
 
 
 def _stop_group(pgid):
-    """Stop what is left of a group whose leader already exited: TERM, grace, KILL."""
+    """Stop what is left of a group whose leader already exited: TERM, grace, KILL.
+
+    The group is always signalled, KILL included: a member the grace wait
+    takes for dead may still have threads running.
+    """
     _signal_group(pgid, signal.SIGTERM)
     end = time.monotonic() + KILL_GRACE_SECONDS
-    while _group_alive(pgid) and time.monotonic() < end:
+    while _group_running(pgid) and time.monotonic() < end:
         time.sleep(0.02)
     _signal_group(pgid, signal.SIGKILL)
 
 
-def _group_alive(pgid):
-    """Whether any process of the job's group is still running.
+def _group_exists(pgid):
+    """Whether the job's group has any member left (a signal-0 probe).
 
-    A signal-0 probe answers for the common case (nothing left) at once. It
-    also counts zombies, though: members already dead whose new parent (init)
-    has not reaped them yet, which on some hosts takes seconds. Those need no
-    stopping, so when the probe says yes, the group's members are looked at.
+    Cheap, and the answer for the common case: nothing left. But it counts
+    zombies too, dead members that init has not reaped yet.
     """
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
+    return True
+
+
+def _group_running(pgid):
+    """Whether a member of the group still runs code.
+
+    Zombies don't, and on some hosts init takes seconds to reap them: waiting
+    the kill grace out for them would slow every timeout and cancel. A zombie
+    whose other threads still run (its main thread called pthread_exit) does.
+    """
     import psutil
 
     for pid in psutil.pids():
         try:
-            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            if os.getpgid(pid) != pgid:
+                continue
+            member = psutil.Process(pid)
+            if member.status() != psutil.STATUS_ZOMBIE or member.num_threads() > 1:
                 return True
         except (OSError, psutil.Error):
             continue  # gone meanwhile, or not ours to look at

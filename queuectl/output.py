@@ -297,7 +297,7 @@ def _detail_value(job, name, now):
     if name == "attempts":
         return f"{value} of {job.attempt_limit}"
     if name == "env":
-        return json.dumps(value, ensure_ascii=False) if value else ""
+        return printable(json.dumps(value, ensure_ascii=False)) if value else ""
     if name == "timeout":
         return "" if value is None else format_duration(value)
     return "" if value is None else printable(str(value))

@@ -201,6 +201,8 @@ class TestReadCommands:
             assert "\x1b" not in output and "\x07" not in output, args
         shown = run("show", "esc").stdout
         assert "error_message:    Exit code 1: ^[]0;pwned^G" in shown
+        run("enqueue", json.dumps({"id": "c1", "command": "true", "env": {"X": "\u009b2J"}}))
+        assert "env:              {\"X\": \"\\x9b2J\"}" in run("show", "c1").stdout
         assert "    ^[[2Jout" in shown
 
     def test_status_block(self, run):

@@ -1,6 +1,7 @@
 """Running one command: outcomes, output spools, the process tree."""
 
 import os
+import sys
 
 import psutil
 import pytest
@@ -119,10 +120,10 @@ def test_jobs_get_sigpipe_back_at_its_default(spools, tmp_path):
     assert not mask & (1 << (13 - 1)), ignored  # SIGPIPE is signal 13
 
 
-def test_a_group_left_with_only_zombies_counts_as_gone():
+def test_a_group_left_with_only_zombies_counts_as_not_running():
     # Killed members wait for init to reap them, slowly on some hosts; the
     # worker must not sit out the kill grace for them.
-    from queuectl.executor import _group_alive
+    from queuectl.executor import _group_exists, _group_running
 
     pid = os.fork()
     if pid == 0:
@@ -130,21 +131,64 @@ def test_a_group_left_with_only_zombies_counts_as_gone():
         os._exit(0)
     try:
         wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, what="a zombie group leader")
-        os.killpg(pid, 0)  # the signal probe alone still finds the group
-        assert not _group_alive(pid)
+        assert _group_exists(pid)  # the signal probe alone still finds the group
+        assert not _group_running(pid)
     finally:
         os.waitpid(pid, 0)
 
 
-def test_a_group_with_a_running_member_is_alive():
+def test_a_group_with_a_running_member_is_running():
     import subprocess
 
-    from queuectl.executor import _group_alive
+    from queuectl.executor import _group_exists, _group_running
 
     proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
-        assert _group_alive(proc.pid)
+        assert _group_exists(proc.pid) and _group_running(proc.pid)
     finally:
         proc.kill()
         proc.wait()
-    assert not _group_alive(proc.pid)
+    assert not _group_exists(proc.pid)
+
+
+THREADS_OUTLIVE_MAIN = """
+import ctypes, sys, threading, time
+
+def work():
+    while True:
+        time.sleep(0.05)
+
+threading.Thread(target=work).start()
+time.sleep(0.05)
+ctypes.CDLL(None).pthread_exit(None)  # the main thread ends; the process shows as a zombie
+"""
+
+
+def test_failed_run_stops_a_background_process_whose_main_thread_ended(spools, tmp_path):
+    script = tmp_path / "threads.py"
+    script.write_text(THREADS_OUTLIVE_MAIN)
+    pid_file = tmp_path / "bg.pid"
+    result = run(spools, tmp_path, f"{sys.executable} {script} & echo $! > {pid_file}; sleep 0.5; exit 1")
+    assert result.exit_code == 1
+    pid = int(pid_file.read_text())
+
+    def still_running():
+        try:
+            proc = psutil.Process(pid)
+            return proc.status() != psutil.STATUS_ZOMBIE or proc.num_threads() > 1
+        except psutil.NoSuchProcess:
+            return False
+
+    try:
+        wait_for(lambda: not still_running(), timeout=5, what="the background process's threads to be killed")
+    finally:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_failed_start_names_its_directory_without_control_characters(spools, tmp_path):
+    result = run(spools, tmp_path, "true", cwd=str(tmp_path / "gone\x1b]0;x\x07"))
+    assert result.error_message.startswith("Failed to start: ")
+    assert "gone^[]0;x^G" in result.error_message and "\x1b" not in result.error_message
