@@ -81,7 +81,8 @@ class App:
         self.home = home
         self._storage = None
 
-    def storage(self, *, durable=True, create=True):
+    def storage(self, *, durable=True, create=False):
+        """The queue's storage; only commands that add work ``create`` a missing home."""
         if self._storage is None:
             from queuectl.storage import open_storage
 
@@ -212,7 +213,7 @@ def enqueue(app, job_json, job_file, priority, delay, run_at):
         default_cwd=os.getcwd(),
         overrides=overrides,
     )
-    storage = app.storage()
+    storage = app.storage(create=True)
     storage.add_jobs(jobs)
     _wake_workers(storage)
     if len(jobs) > SUMMARY_THRESHOLD:
@@ -247,7 +248,7 @@ def worker_start(app, count):
     """
     from queuectl import supervisor
 
-    pids = supervisor.start_workers(app.home, app.storage(), count)
+    pids = supervisor.start_workers(app.home, app.storage(create=True), count)
     click.echo(f"Started {len(pids)} worker process(es)")
     click.echo(f"Worker PIDs: {pids}")
 
@@ -297,7 +298,7 @@ def worker_run(app, burst, log_file):
     from queuectl.worker import Worker
 
     worklog.configure(log_file)
-    return Worker(app.home, app.storage(durable=False), burst=burst).run()
+    return Worker(app.home, app.storage(durable=False, create=True), burst=burst).run()
 
 
 # --- reading -------------------------------------------------------------------
@@ -322,7 +323,7 @@ def status(app, watch, interval, as_json):
     """
     from queuectl import output, supervisor
 
-    storage = app.storage(create=False)
+    storage = app.storage()
 
     def snapshot():
         now = time.time()
@@ -386,7 +387,7 @@ def list_jobs(app, states, limit, sort, reverse, as_json):
     """
     from queuectl import output
 
-    storage = app.storage(create=False)
+    storage = app.storage()
     jobs = storage.iter_jobs(states, limit, sort, reverse)
     if as_json:
         output.echo_json_stream(job.to_dict() for job in jobs)
@@ -414,7 +415,7 @@ def show(app, job_id, tail_lines, as_json):
     """
     from queuectl import output
 
-    storage = app.storage(create=False)
+    storage = app.storage()
     job = storage.get(job_id)
     attempts = storage.attempts(job_id)
     if as_json:
@@ -442,7 +443,7 @@ def stats(app, as_json):
     from queuectl import output
 
     now = time.time()
-    numbers = app.storage(create=False).stats(now)
+    numbers = app.storage().stats(now)
     if as_json:
         output.echo_json(output.stats_json(numbers, now))
     else:
@@ -469,7 +470,7 @@ def logs(app, job_id, number, follow, lines, as_json):
 
     if follow and as_json:
         raise click.UsageError("--follow and --json cannot be combined")
-    storage = app.storage(create=False)
+    storage = app.storage()
     find = logfiles.wait_for_attempt if follow else logfiles.find_attempt
     attempt = find(storage, job_id, number)
     if as_json:
@@ -520,7 +521,7 @@ def dlq_list(app, limit, as_json):
     """List jobs whose attempts are used up."""
     from queuectl import output
 
-    jobs = app.storage(create=False).list_jobs([JobState.DLQ], limit)
+    jobs = app.storage().list_jobs([JobState.DLQ], limit)
     if as_json:
         output.echo_json([job.to_dict() for job in jobs])
     else:

@@ -151,9 +151,14 @@ class TestEnqueue:
         assert open(home.db_path).read() == "just text\n" * 50
 
     @pytest.mark.parametrize(
-        "args", [["status"], ["list"], ["stats"], ["dlq", "list"], ["show", "x"], ["logs", "x"]]
+        "args",
+        [
+            ["status"], ["list"], ["stats"], ["dlq", "list"], ["show", "x"], ["logs", "x"],
+            ["worker", "stop"], ["cancel", "x"], ["retry", "x"], ["dlq", "retry", "x"],
+            ["pause"], ["resume"], ["purge", "--state", "completed"],
+        ],
     )
-    def test_reading_a_home_that_does_not_exist_creates_nothing(self, tmp_path, monkeypatch, args):
+    def test_a_home_that_does_not_exist_is_only_made_by_adding_work(self, tmp_path, monkeypatch, args):
         # A mistyped --home must not look like an empty queue (and must not be made).
         monkeypatch.delenv("QUEUECTL_DB", raising=False)
         missing = tmp_path / "typo"
@@ -168,6 +173,18 @@ class TestEnqueue:
         assert result.exit_code == 1
         assert "unsupported scheme" in one_error_line(result)
         assert not os.path.exists("mysql:")
+        for url, message in [
+            ("sqlite:///", "Error: QUEUECTL_DB 'sqlite:///' names no file (sqlite:///PATH)"),
+            (":memory:", "Error: QUEUECTL_DB ':memory:' would be a queue that vanishes with each command; name a file"),
+            ("typo.db", "Error: database typo.db does not exist (check QUEUECTL_DB)"),
+        ]:
+            monkeypatch.setenv("QUEUECTL_DB", url)
+            result = run("list")
+            assert (result.exit_code, one_error_line(result)) == (1, message)
+        assert not os.path.exists("typo.db")
+        monkeypatch.setenv("QUEUECTL_DB", "SQLITE:///upper.db")  # schemes are case-insensitive
+        assert run("enqueue", '{"command": "true"}').exit_code == 0
+        assert os.path.exists("upper.db")
         # An absolute path is a path, even with "://" in a directory name.
         os.makedirs(os.path.join(home.path, "odd:", "dir"))
         monkeypatch.setenv("QUEUECTL_DB", os.path.join(home.path, "odd://dir", "q.db"))

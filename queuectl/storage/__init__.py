@@ -20,26 +20,35 @@ _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 def open_storage(home, *, durable=True, create=True):
     """Open the queue of ``home``; ``durable=False`` only for worker transitions.
 
-    ``create=False`` is for commands that only read: they must not turn a
-    mistyped home into a new, empty queue.
+    ``create=False`` is for commands that add no work (reading, stopping,
+    cancelling): they must not turn a mistyped home or QUEUECTL_DB into a
+    new, empty queue.
     """
     url = os.environ.get("QUEUECTL_DB", "").strip()
-    if url.startswith(("postgres://", "postgresql://")):
+    scheme = url[:16].lower()  # URL schemes are case-insensitive
+    if scheme.startswith(("postgres://", "postgresql://")):
         raise StorageError("the PostgreSQL backend is not available in this version")
-    if url.startswith("sqlite:///"):
+    if scheme.startswith("sqlite:///"):
         # sqlite:///PATH, where PATH is absolute (sqlite:////tmp/q.db) or relative to cwd.
         path = url[len("sqlite:///"):]
-    elif url.startswith("sqlite:"):
+        if not path:
+            raise StorageError(f"QUEUECTL_DB {url!r} names no file (sqlite:///PATH)")
+    elif scheme.startswith("sqlite:"):
         raise StorageError(f"QUEUECTL_DB {url!r} is not a sqlite:///PATH URL")
     elif _URL_SCHEME.match(url):
         raise StorageError(f"QUEUECTL_DB {url!r}: unsupported scheme (use sqlite:///PATH or a file path)")
-    elif url:
-        path = url
     else:
+        path = url or None
+
+    if path is None:
         if not create and not os.path.isdir(home.path):
             raise StorageError(f"queue home {home.path} does not exist (check --home or QUEUECTL_HOME)")
         home.ensure()
         path = home.db_path
+    elif path == ":memory:":
+        raise StorageError("QUEUECTL_DB ':memory:' would be a queue that vanishes with each command; name a file")
+    elif not create and not os.path.exists(path):
+        raise StorageError(f"database {path} does not exist (check QUEUECTL_DB)")
     from queuectl.storage.sqlite import SqliteStorage
 
     return SqliteStorage(os.path.abspath(path), durable=durable)
