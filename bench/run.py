@@ -122,7 +122,10 @@ def main(argv=None):
 
     if not args.no_setup:
         log("setup: bench/setup.sh (installs peers; idempotent)")
-        subprocess.run(["bash", os.path.join(BENCH_DIR, "setup.sh")], check=False)
+        # Install the Python peers into the interpreter that runs the bench
+        # (a virtualenv's, usually), not whatever python3 is first on PATH.
+        env = dict(os.environ, PYTHON=sys.executable)
+        subprocess.run(["bash", os.path.join(BENCH_DIR, "setup.sh")], check=False, env=env)
 
     busy = None
     if args.wait_quiet:
