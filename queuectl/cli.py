@@ -14,7 +14,7 @@ import click
 
 from queuectl import __version__
 from queuectl import config as config_mod
-from queuectl.errors import QueueCtlError, ValidationError
+from queuectl.errors import NoQueueInHomeError, QueueCtlError, ValidationError
 from queuectl.jobs import LIST_SORTS, RETRYABLE_STATES, JobState, check_purgeable
 from queuectl.specs import parse_duration, parse_job_batch, parse_time
 
@@ -112,6 +112,22 @@ class Seconds(click.ParamType):
         return number
 
 
+class JobId(click.ParamType):
+    """A job id as typed; bytes that aren't UTF-8 can't name any job (enqueue refuses them)."""
+
+    name = "id"
+
+    def convert(self, value, param, ctx):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(f"{value.encode('utf-8', 'surrogateescape')!r} is not UTF-8, so no job has it", param, ctx)
+        return value
+
+
+JOB_ID = JobId()
+
+
 class Count(click.IntRange):
     """A row count from ``minimum`` up; a huge one means "all" (SQLite's integers end at 2**63)."""
 
@@ -144,6 +160,16 @@ def _complete_states(ctx, param, incomplete):
     # Shell completion (see README): offer state names, aliases included.
     names = [state.value for state in JobState] + ["dead"]
     return [name for name in names if name.startswith(incomplete.lower())]
+
+
+def _complete_finished_states(ctx, param, incomplete):
+    from queuectl.jobs import FINISHED_STATES
+
+    return [state.value for state in FINISHED_STATES if state.value.startswith(incomplete.lower())]
+
+
+def _complete_config_keys(ctx, param, incomplete):
+    return [key for key in config_mod.SETTINGS if key.startswith(incomplete.lower().replace("-", "_"))]
 
 
 def _complete_sort_keys(ctx, param, incomplete):
@@ -180,17 +206,28 @@ def cli(ctx, home):
 
 
 @cli.command()
-@click.argument("job_json", required=False, metavar="JSON")
+@click.argument("job_json", required=False, metavar="[JSON]")
 @click.option("-f", "--file", "job_file", type=click.File("r", encoding="utf-8"), help="Read jobs from FILE (a JSON object, array, or JSON lines; - for stdin).")
 @click.option("--priority", type=int, help="Priority for the job(s); higher runs first.")
 @click.option("--delay", help="Run no sooner than this from now (e.g. 30s, 5m, 2h).")
-@click.option("--run-at", help="Run no sooner than this ISO-8601 time (e.g. 2026-12-03T10:00:00Z).")
+@click.option("--run-at", help="Run no sooner than this ISO-8601 time (e.g. 2027-01-15T10:00:00Z).")
 @pass_app
 def enqueue(app, job_json, job_file, priority, delay, run_at):
     """Add jobs to the queue.
 
     JSON is one job, e.g. '{"id": "job1", "command": "echo hi"}', or an array of
-    jobs. A batch goes in whole or not at all.
+    jobs; -f reads them from a file instead. A batch goes in whole or not at all.
+
+    \b
+    Job fields (only "command" is required):
+      id           unique string (default: a random hex id)
+      command      run by /bin/sh -c
+      max_retries  most attempts before the DLQ (default: config max_retries)
+      priority     integer, higher runs first (default 0)
+      run_at       ISO-8601 time, e.g. 2027-01-15T10:00:00Z; delay: seconds
+      timeout      seconds before the job's process tree is stopped
+      cwd          directory to run in (default: the current one)
+      env          object of extra environment variables (strings)
     """
     if (job_json is None) == (job_file is None):
         raise click.UsageError("give a job as JSON or a file with -f (exactly one)")
@@ -265,7 +302,12 @@ def worker_stop(app, timeout, force):
     """
     from queuectl import supervisor
 
-    report = supervisor.stop_workers(app.home, app.storage(), timeout, force)
+    try:
+        storage = app.storage()
+    except NoQueueInHomeError:
+        click.echo("No workers running")  # no queue yet, so no workers of it
+        return 0
+    report = supervisor.stop_workers(app.home, storage, timeout, force)
     for pid in report.stale:
         click.echo(f"Removed stale entry for PID {pid} (not a running queuectl worker)", err=True)
     if not report.stopping:
@@ -323,14 +365,20 @@ def status(app, watch, interval, as_json):
     """
     from queuectl import output, supervisor
 
-    storage = app.storage()
-
     def snapshot():
         now = time.time()
-        counts = storage.count_by_state()
-        scheduled = storage.count_scheduled(now)
-        paused_since = storage.paused_since()
-        workers = supervisor.live_workers(app.home, storage)
+        try:
+            storage = app.storage()
+        except NoQueueInHomeError:
+            if not watch:
+                raise
+            # Watching a home before its first job: an empty queue until one arrives.
+            counts, scheduled, paused_since, workers = dict.fromkeys(JobState, 0), 0, None, []
+        else:
+            counts = storage.count_by_state()
+            scheduled = storage.count_scheduled(now)
+            paused_since = storage.paused_since()
+            workers = supervisor.live_workers(app.home, storage)
         if as_json:
             return output.status_json(counts, workers, scheduled, paused_since)
         return output.render_status(counts, workers, scheduled, paused_since)
@@ -398,7 +446,7 @@ def list_jobs(app, states, limit, sort, reverse, as_json):
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=JOB_ID)
 @click.option("--lines", "tail_lines", type=COUNT_OR_ZERO, default=20, show_default=True, help="Lines of each output stream to show.")
 @json_option
 @pass_app
@@ -451,7 +499,7 @@ def stats(app, as_json):
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=JOB_ID)
 @click.option("--attempt", "number", type=COUNT, help="Attempt N instead of the latest one.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing output until the attempt ends (waiting for it to start).")
 @click.option("--tail", "-n", "lines", type=COUNT_OR_ZERO, help="Only the last N lines of each stream.")
@@ -490,7 +538,7 @@ def logs(app, job_id, number, follow, lines, as_json):
     for stream in from_database:
         name = "stdout" if stream == "out" else "stderr"
         click.echo(
-            f"Note: the {name} log file of attempt {attempt.number} was removed by log retention; "
+            f"Note: the {name} log file of attempt {attempt.number} is gone (log retention, a full disk, or removed by hand); "
             "shown above is the last 4 KB kept in the database",
             err=True,
         )
@@ -523,13 +571,13 @@ def dlq_list(app, limit, as_json):
 
     jobs = app.storage().list_jobs([JobState.DLQ], limit)
     if as_json:
-        output.echo_json([job.to_dict() for job in jobs])
+        output.echo_json_stream(job.to_dict() for job in jobs)
     else:
         click.echo(output.render_dlq(jobs))
 
 
 @dlq.command("retry")
-@click.argument("job_id", metavar="[ID]", required=False)
+@click.argument("job_id", metavar="[ID]", required=False, type=JOB_ID)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every job in the DLQ.")
 @pass_app
 def dlq_retry(app, job_id, retry_all):
@@ -560,7 +608,7 @@ def dlq_retry(app, job_id, retry_all):
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=JOB_ID)
 @pass_app
 def cancel(app, job_id):
     """Cancel a pending, failed or running job; it will not run (again).
@@ -574,15 +622,18 @@ def cancel(app, job_id):
     Example:
       queuectl cancel job-42
     """
-    before = app.storage().cancel(job_id, time.time())
-    if before.state == JobState.PROCESSING:
+    now = time.time()
+    before = app.storage().cancel(job_id, now)
+    if before.state == JobState.PROCESSING and before.lease_expires_at < now:
+        click.echo(f"Job {job_id} cancelled; its worker {before.worker_id} was lost, so the next worker to start stops its process tree")
+    elif before.state == JobState.PROCESSING:
         click.echo(f"Job {job_id} cancelled; {before.worker_id} is stopping its process tree")
     else:
         click.echo(f"Job {job_id} cancelled (was {before.state.value})")
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=JOB_ID)
 @pass_app
 def retry(app, job_id):
     """Run a failed, cancelled or dead job again, now, with fresh attempts.
@@ -601,7 +652,7 @@ def retry(app, job_id):
 
 
 @cli.command()
-@click.option("--state", "states", multiple=True, callback=_state_list, shell_complete=_complete_states, help="Purge jobs in this state: completed, dlq or cancelled (repeatable; required).")
+@click.option("--state", "states", multiple=True, callback=_state_list, shell_complete=_complete_finished_states, help="Purge jobs in this state: completed, dlq or cancelled (repeatable; required).")
 @click.option("--older-than", metavar="AGE", help="Only jobs that finished more than AGE ago (e.g. 12h, 7d, 4w).")
 @pass_app
 def purge(app, states, older_than):
@@ -623,10 +674,18 @@ def purge(app, states, older_than):
     age = None if older_than is None else parse_duration(older_than, "--older-than")
     report = maintenance.purge(app.home, app.storage(), states, age, now=time.time())
     names = "/".join(state.value for state in dict.fromkeys(states))
-    scope = f" older than {older_than}" if older_than is not None else ""
+    scope = f" older than {_age_text(age)}" if age is not None else ""
     click.echo(f"Purged {report.jobs} {names} job(s){scope}; removed {report.log_files_removed} log file(s)")
     if report.log_files_left:
         click.echo(f"Could not remove {report.log_files_left} log file(s) in {app.home.logs_dir}", err=True)
+
+
+def _age_text(seconds):
+    """``604800`` -> ``7d``, ``5400`` -> ``90m``: the largest unit that divides it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 @cli.command()
@@ -664,13 +723,20 @@ def config():
     """Read and change settings (queuectl.config.json in the queue home)."""
 
 
-@config.command("get")
-@click.argument("key")
+def _keys_epilog():
+    width = max(map(len, config_mod.SETTINGS))
+    rows = [f"  {key:<{width}}  {setting.help}; default {setting.default}" for key, setting in config_mod.SETTINGS.items()]
+    return "\b\nKeys (- or _ alike):\n" + "\n".join(rows)
+
+
+@config.command("get", epilog=_keys_epilog())
+@click.argument("key", shell_complete=_complete_config_keys)
 @json_option
 @pass_app
 def config_get(app, key, as_json):
     """Print one setting's value."""
     name = config_mod.normalize_key(key)
+    app.home.require_existing()
     value = config_mod.load_config(app.home)[name]
     if as_json:
         from queuectl import output
@@ -680,8 +746,8 @@ def config_get(app, key, as_json):
         click.echo(value)
 
 
-@config.command("set", context_settings={"ignore_unknown_options": True})
-@click.argument("key")
+@config.command("set", context_settings={"ignore_unknown_options": True}, epilog=_keys_epilog())
+@click.argument("key", shell_complete=_complete_config_keys)
 @click.argument("value")
 @pass_app
 def config_set(app, key, value):
@@ -697,6 +763,7 @@ def config_list(app, as_json):
     """Show every setting with its current value."""
     from queuectl import output
 
+    app.home.require_existing()
     values = config_mod.load_config(app.home)
     if as_json:
         output.echo_json(values)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from queuectl.errors import ConfigError, StorageError
+from queuectl.errors import ConfigError, QueueNotFoundError, StorageError
 
 logger = logging.getLogger("queuectl.config")
 
@@ -75,6 +75,11 @@ class Home:
     def spool_path(self, worker_id, stream):
         """Where a worker's running job writes ``stream`` (renamed to the attempt's log when it ends)."""
         return os.path.join(self.logs_dir, f".{worker_id}.{stream}")
+
+    def require_existing(self):
+        """Refuse a home that does not exist: a mistyped path is not an empty queue."""
+        if not os.path.isdir(self.path):
+            raise QueueNotFoundError(f"queue home {self.path} does not exist (check --home or QUEUECTL_HOME)")
 
     def ensure(self):
         """Create the home if needed; fail with one clear line if we can't."""

@@ -50,5 +50,17 @@ class StorageError(QueueCtlError):
     """The queue database cannot be used."""
 
 
+class DiskFullError(StorageError):
+    """The disk holding the queue database is full."""
+
+
+class QueueNotFoundError(StorageError):
+    """There is no queue there."""
+
+
+class NoQueueInHomeError(QueueNotFoundError):
+    """The queue home exists but holds no queue yet."""
+
+
 class WorkerError(QueueCtlError):
     """Workers could not be started or stopped."""

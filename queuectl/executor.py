@@ -200,10 +200,7 @@ class Spool:
         self._fd = None
         # A spool by this name may be left by a dead worker whose PID we now
         # have, and its job's orphans may still write to it: start afresh.
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        _remove_file(path)
         self._open()
 
     def _open(self):
@@ -263,10 +260,14 @@ class Spool:
             os.close(self._fd)
             self._fd = None
             if remove:
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+                _remove_file(self.path)
+
+
+def _remove_file(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def run_command(
@@ -295,6 +296,11 @@ def run_command(
     started = clock()
     stdout.prepare()
     stderr.prepare()
+    # A stream that prints nothing gets no file, so a file already by that
+    # name is someone else's: a queue that used this logs directory before
+    # (attempt numbers start again in a new database) must not lend us its output.
+    for destination in (stdout_dest, stderr_dest):
+        _remove_file(destination)
     try:
         full_env = None
         if env or claim:

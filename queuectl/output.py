@@ -288,6 +288,8 @@ def render_job_detail(job, attempts, *, now, tail_lines=20):
 def _detail_value(job, name, now):
     value = getattr(job, name)
     if name in TIME_DETAIL_FIELDS:
+        if name == "next_run_at" and job.state not in (JobState.PENDING, JobState.FAILED):
+            return ""  # a finished or running job has no next run
         text = format_local(value)
         if name == "next_run_at" and is_waiting(job, now):
             text += f" (in {format_duration(value - now)})"

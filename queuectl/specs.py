@@ -69,6 +69,9 @@ def parse_job_spec(spec, *, now, default_max_retries, default_cwd, new_id=None):
         if not isinstance(cwd, str) or not cwd:
             raise ValidationError(f"field 'cwd' must be a non-empty string, got {_json_type(cwd)}")
         _check_text(cwd, "field 'cwd'")
+        # Relative to where `enqueue` ran, not to wherever a worker was started.
+        if default_cwd and not os.path.isabs(cwd):
+            cwd = os.path.normpath(os.path.join(default_cwd, cwd))
 
     env = spec.get("env", {})
     if not isinstance(env, dict):
@@ -176,7 +179,7 @@ def parse_time(text, name="time"):
         moment = datetime.fromisoformat(raw)
     except ValueError:
         raise ValidationError(
-            f"{name} {text!r} is not an ISO-8601 time (e.g. 2026-12-03T10:00:00Z)"
+            f"{name} {text!r} is not an ISO-8601 time (e.g. 2027-01-15T10:00:00Z)"
         ) from None
     try:
         # astimezone() on a naive datetime interprets it in the local zone.

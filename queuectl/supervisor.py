@@ -47,8 +47,9 @@ class StopReport:
 def read_pidfile(home):
     """Entries of ``workers.pid`` as ``{"pid": int, "create_time": float|None}``."""
     try:
-        with open(home.pidfile_path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(home.pidfile_path, "rb") as handle:
+            # Bytes that aren't UTF-8 are garbage like any other: the parse below drops them.
+            text = handle.read().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return []
     except OSError as exc:
@@ -169,18 +170,20 @@ def start_workers(home, storage, count):
     """Launch ``count`` detached workers; return their PIDs once each is registered."""
     home.ensure()
     load_config(home)  # a broken config file is refused here, not in every worker's log
+    read_pidfile(home)  # and so is a workers.pid we could not record them in
     procs = [_spawn(home) for _ in range(count)]
     try:
         started = _wait_registered(home, storage, procs)
+        # The start times the workers registered: a worker that has exited since
+        # is then a stale entry like any other, not an error here.
+        entries = [{"pid": p.pid, "create_time": started[p.pid]} for p in procs]
+        _update_pidfile(home, add=entries, drop_stale=True)
     except BaseException:
+        # Workers that `worker stop` could not find must not outlive a failed start.
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
         raise
-    # The start times the workers registered: a worker that has exited since
-    # is then a stale entry like any other, not an error here.
-    entries = [{"pid": p.pid, "create_time": started[p.pid]} for p in procs]
-    _update_pidfile(home, add=entries, drop_stale=True)
     for proc in procs:
         proc.returncode = 0  # detached on purpose: don't warn that it still runs
     return [p.pid for p in procs]

@@ -42,7 +42,7 @@ import time
 
 from queuectl import config as config_mod
 from queuectl import executor, maintenance, wakeup, worklog
-from queuectl.errors import JobNotFoundError
+from queuectl.errors import DiskFullError, JobNotFoundError
 from queuectl.jobs import AttemptResult, JobState, format_seconds, printable, retry_delay
 
 logger = logging.getLogger("queuectl.worker")
@@ -215,15 +215,12 @@ class Worker:
             if self._housekeeping_due():
                 # Record first: our own lease may have lapsed while the run was
                 # being stopped, and housekeeping must not reap the job we hold.
-                self._record(job, run, settings)
+                self._making_room(job, run, lambda: self._record(job, run, settings))
                 self._write_held_lines()
                 self._housekeep()
                 next_job = None if self.stop_requested else self._claim()
             else:
-                # Recording this outcome and claiming the next job share one commit.
-                with self.storage.batch():
-                    self._record(job, run, settings)
-                    next_job = None if self.stop_requested else self._claim()
+                next_job = self._making_room(job, run, lambda: self._record_and_claim(job, run, settings))
         except Exception:
             # Nothing of it was committed: the lines describing it would be
             # untrue. The run is recovered by its lease, as a lost attempt.
@@ -232,6 +229,38 @@ class Worker:
         if next_job is None:
             self._write_held_lines()
         return next_job
+
+    def _record_and_claim(self, job, run, settings):
+        # Recording this outcome and claiming the next job share one commit.
+        with self.storage.batch():
+            self._record(job, run, settings)
+            return None if self.stop_requested else self._claim()
+
+    def _making_room(self, job, run, write):
+        """``write()``; if the database's disk is full, free this run's log files and try once more.
+
+        A job that prints until the disk is full leaves no room to record
+        that it ended, nor for any other write of the queue's: without this
+        the whole queue would stall on its output. The database keeps the
+        last 4 KB of each stream, and ``logs`` falls back to that.
+        """
+        try:
+            return write()
+        except DiskFullError:
+            self._held_lines.clear()  # nothing of that try was committed
+            freed = False
+            for stream in config_mod.LOG_STREAMS:
+                path = self.home.attempt_log_path(job.attempt_id, stream)
+                try:
+                    freed = os.path.getsize(path) > 0 or freed
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            if not freed:
+                raise
+            run.output_disk_full = True
+            logger.warning("Disk full: removed the log files of job %s to record its outcome", printable(job.id))
+            return write()
 
     def _log_soon(self, level, message, *args):
         """Log a line at the next quiet moment, in order with the others.

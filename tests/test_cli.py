@@ -29,6 +29,13 @@ def run(home, monkeypatch):
     return invoke
 
 
+@pytest.fixture
+def empty_queue(home):
+    """A home holding a queue with no jobs yet (reads refuse a home without one)."""
+    open_storage(home).close()
+    return home
+
+
 def one_error_line(result):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -167,6 +174,45 @@ class TestEnqueue:
         assert one_error_line(result) == f"Error: queue home {missing} does not exist (check --home or QUEUECTL_HOME)"
         assert not missing.exists()
 
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["status"], ["status", "--json"], ["list"], ["stats"], ["dlq", "list"], ["show", "x"], ["logs", "x"],
+            ["cancel", "x"], ["retry", "x"], ["dlq", "retry", "x"], ["pause"], ["resume"],
+            ["purge", "--state", "completed"],
+        ],
+    )
+    def test_a_home_without_a_queue_is_refused_and_left_as_it_was(self, run, home, args):
+        # `queuectl status` in the wrong directory must not look like an empty
+        # queue there, nor leave database files behind.
+        result = run(*args)
+        assert result.exit_code == 1
+        assert one_error_line(result) == (
+            f"Error: no queue in {home.path}: queuectl.db does not exist "
+            "(enqueue a job to create it, or check --home or QUEUECTL_HOME)"
+        )
+        assert os.listdir(home.path) == []
+
+    @pytest.mark.parametrize("command", [["show"], ["logs"], ["cancel"], ["retry"], ["dlq", "retry"]])
+    def test_an_id_that_is_not_utf8_is_bad_input(self, run, empty_queue, command):
+        # What the shell hands over for the bytes b"\xff" on a UTF-8 system.
+        result = run(*command, "\udcff")
+        assert result.exit_code == 2
+        assert "b'\\xff' is not UTF-8, so no job has it" in one_error_line(result)
+
+    def test_worker_stop_in_a_home_without_a_queue(self, run, home):
+        result = run("worker", "stop")
+        assert (result.exit_code, result.stdout, result.stderr) == (0, "No workers running\n", "")
+        assert os.listdir(home.path) == []
+
+    @pytest.mark.parametrize("args", [["config", "list"], ["config", "get", "max_retries"]])
+    def test_config_reads_refuse_a_home_that_does_not_exist(self, tmp_path, args):
+        missing = tmp_path / "typo"
+        result = CliRunner().invoke(cli, ["--home", str(missing), *args])
+        assert result.exit_code == 1
+        assert one_error_line(result) == f"Error: queue home {missing} does not exist (check --home or QUEUECTL_HOME)"
+        assert not missing.exists()
+
     def test_database_url_with_an_unknown_scheme(self, run, home, monkeypatch):
         monkeypatch.setenv("QUEUECTL_DB", "mysql://db/queue")
         result = run("list")
@@ -288,7 +334,7 @@ class TestReadCommands:
         assert result.exit_code == 2
         assert "unknown state 'finished'" in one_error_line(result)
 
-    def test_empty_list(self, run):
+    def test_empty_list(self, run, empty_queue):
         assert run("list").stdout == "No jobs found\n"
         assert json.loads(run("list", "--json").stdout) == []
 
@@ -308,7 +354,7 @@ class TestDlq:
         assert (job.state.value, job.attempts) == ("pending", 0)
         assert run("dlq", "list").stdout == "DLQ is empty\n"
 
-    def test_retry_unknown_and_not_in_dlq(self, run, home):
+    def test_retry_unknown_and_not_in_dlq(self, run, empty_queue):
         result = run("dlq", "retry", "ghost")
         assert result.exit_code == 1
         assert one_error_line(result) == "Error: job 'ghost' not found"
@@ -390,7 +436,7 @@ class TestWorkerCommandsWithoutWorkers:
         assert result.exit_code == 0
         assert result.stdout == "No workers running\n"
 
-    def test_stop_with_only_stale_entries(self, run, home):
+    def test_stop_with_only_stale_entries(self, run, home, empty_queue):
         # A PID that certainly is no queuectl worker: this test process.
         with open(home.pidfile_path, "w") as handle:
             json.dump({"workers": [{"pid": os.getpid(), "create_time": 1.0}]}, handle)
@@ -471,7 +517,7 @@ class TestControlCommands:
             store.claim("worker-42", time.time() + 1, 30)
         assert run("cancel", "busy").stdout == "Job busy cancelled; worker-42 is stopping its process tree\n"
 
-    def test_pause_and_resume_messages(self, run):
+    def test_pause_and_resume_messages(self, run, empty_queue):
         assert run("pause").stdout == "Queue paused: running jobs finish, no new jobs are claimed\n"
         assert run("pause").stdout == "Queue is already paused\n"
         assert "Queue: paused since " in run("status").stdout
@@ -617,7 +663,7 @@ class TestShow:
         assert re.search(r"^next_run_at: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(in (1h 59m|2h 00m)\)$", text, re.M)
         assert "Attempts (0):\n  (not run yet)" in text
 
-    def test_unknown_id(self, run):
+    def test_unknown_id(self, run, empty_queue):
         result = run("show", "ghost")
         assert result.exit_code == 1
         assert one_error_line(result) == "Error: job 'ghost' not found"
@@ -732,7 +778,7 @@ class TestStats:
         assert re.search(r"^Oldest waiting:   waiting, due [12]m \d\ds ago$", text, re.M)
         assert [line.split() for line in text.splitlines()[-2:]] == [["w1", "3", "2", "1", "0"], ["w2", "2", "0", "1", "1"]]
 
-    def test_an_empty_queue(self, run):
+    def test_an_empty_queue(self, run, empty_queue):
         data = json.loads(run("stats", "--json").stdout)
         assert (data["total"], data["success_rate"], data["oldest_waiting"], data["workers"]) == (0, None, None, [])
         text = run("stats").stdout

@@ -110,8 +110,8 @@ def test_cancelling_a_running_job_stops_its_tree_and_does_not_retry_it(queue, ho
 
 def test_pause_holds_new_claims_and_resume_releases_them(queue):
     queue.set_config(poll_interval=0.2)
-    queue.run("pause")
     queue.enqueue(id="held", command="true")
+    queue.run("pause")
     worker = queue.start_worker()
     # The worker logs this only after a claim came back empty while the job was due.
     wait_for(lambda: "Queue is paused" in queue.log_of(worker), what="the worker to see the pause")

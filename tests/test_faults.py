@@ -20,11 +20,18 @@ import pytest
 from conftest import process_gone as is_gone
 from conftest import wait_for
 from queuectl import config as config_mod
+from queuectl.storage import open_storage
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and shells")
 
 
 # --- helpers -------------------------------------------------------------------
+
+
+def stored_job(queue, job_id):
+    """The job as storage holds it (times as numbers, not formatted)."""
+    with open_storage(queue.home) as store:
+        return store.get(job_id)
 
 
 def configure(queue, **values):
@@ -65,8 +72,6 @@ def read(path):
 
 def attempts_of(queue, job_id):
     """The attempt history of a job, straight from storage."""
-    from queuectl.storage import open_storage
-
     with open_storage(queue.home) as storage:
         return storage.attempts(job_id)
 
@@ -364,6 +369,7 @@ def test_repeated_sigterm_stays_graceful(queue, tmp_path):
 
 
 def test_stop_leaves_an_unrelated_process_named_in_workers_pid_alone(queue):
+    queue.enqueue(id="waiting", command="true")
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         entry = {"pid": bystander.pid, "create_time": psutil.Process(bystander.pid).create_time()}
@@ -536,7 +542,7 @@ def test_log_retention_removes_the_oldest_logs_and_logs_falls_back_to_the_databa
 
     old = queue.run("logs", "one", "--tail", "1")
     assert old.stdout == "one\n"
-    assert "removed by log retention" in old.stderr
+    assert "is gone (log retention, a full disk, or removed by hand)" in old.stderr
     recent = queue.run("logs", "three", "--tail", "1")
     assert (recent.stdout, recent.stderr) == ("three\n", "")
 
@@ -555,6 +561,26 @@ def test_a_removed_logs_directory_does_not_break_the_worker(queue):
     assert (shown.stdout, shown.stderr) == ("after\n", "warn\n")
     assert worker.poll() is None
     assert "Traceback" not in queue.log_of(worker)
+
+
+def test_a_new_database_never_shows_an_earlier_queues_logs(queue):
+    # A clean slate removes the database but may keep logs/; the new queue's
+    # attempt ids start at 1 again, like the old queue's log file names.
+    configure(queue)
+    queue.enqueue(id="old", command="echo old-out; echo old-secret >&2")
+    assert queue.start_worker("--burst").wait(30) == 0
+    for name in os.listdir(queue.path):
+        if name.startswith(("queuectl.db", "workers.")):
+            os.unlink(os.path.join(queue.path, name))
+    queue.enqueue(id="quiet", command="true")
+    queue.enqueue(id="unstartable", command="true", cwd=os.path.join(queue.path, "missing"))
+    assert queue.start_worker("--burst").wait(30) == 0
+
+    for job_id in ("quiet", "unstartable"):
+        shown = queue.run("logs", job_id, check=False)
+        assert (shown.stdout, shown.stderr) == ("", ""), job_id
+        summary = json.loads(queue.run("logs", job_id, "--json").stdout)
+        assert (summary["stdout"], summary["stderr"], summary["stdout_file"], summary["stderr_file"]) == ("", "", None, None)
 
 
 @pytest.fixture
@@ -585,6 +611,31 @@ def test_a_full_disk_fails_the_attempt_clearly_and_the_retry_succeeds_once_there
     assert queue.job("writer")["attempts"] == 2
     assert queue.run("logs", "writer", "--tail", "1").stdout == "written\n"
     assert worker.poll() is None
+
+
+def test_output_that_fills_the_databases_own_disk_does_not_stall_the_queue(tiny_disk, tmp_path):
+    # The whole home on one small disk: the job's log leaves the database no
+    # room to record how the job ended, so the worker gives up that log.
+    from conftest import Queue
+
+    queue = Queue(config_mod.Home(str(tiny_disk)), tmp_path)
+    try:
+        configure(queue)
+        queue.enqueue(id="flood", command="head -c 3000000 /dev/zero", max_retries=1)
+        queue.enqueue(id="after", command="echo after")
+        worker = queue.start_worker()
+        queue.wait_state("after", "completed", timeout=20)
+        flood = queue.job("flood")
+        assert flood["state"] == "dlq"
+        assert flood["error_message"].endswith("(No space left on device for the job's output)")
+        assert "Disk full: removed the log files of job flood to record its outcome" in queue.log_of(worker)
+        assert queue.run("logs", "after").stdout == "after\n"
+        shown = queue.run("logs", "flood")
+        assert len(shown.stdout) == 4096  # the tail the database kept
+        assert "is gone" in shown.stderr
+        assert worker.poll() is None
+    finally:
+        queue.cleanup()
 
 
 # --- starting jobs -----------------------------------------------------------------------
@@ -881,6 +932,25 @@ def test_a_malformed_workers_pid_cannot_block_stop(queue, entries):
     wait_for(lambda: is_gone(pid), what="the real worker to exit")
 
 
+def test_a_workers_pid_that_is_not_utf8_cannot_block_start_or_stop(queue):
+    with open(queue.home.pidfile_path, "wb") as handle:
+        handle.write(b"\xff\xfe garbage\n")
+    proc = queue.run("worker", "start")
+    pid = int(proc.stdout.splitlines()[1].split("[")[1].rstrip("]"))
+    stopped = queue.run("worker", "stop", "--timeout", "10")
+    assert stopped.stdout.splitlines()[-1] == "All workers stopped successfully"
+    wait_for(lambda: is_gone(pid), what="the worker to exit")
+
+
+def test_a_start_that_cannot_record_its_workers_leaves_none_running(queue):
+    os.mkdir(queue.home.pidfile_path)  # unreadable as workers.pid
+    result = queue.run("worker", "start", "--count", "2", check=False)
+    assert result.returncode == 1
+    assert result.stderr == f"Error: cannot read {queue.home.pidfile_path}: Is a directory\n"
+    assert result.stdout == ""
+    assert json.loads(queue.run("status", "--json").stdout)["workers"]["count"] == 0
+
+
 def test_stop_in_a_copy_of_a_home_leaves_the_original_workers_alone(queue, tmp_path):
     import shutil
 
@@ -907,10 +977,12 @@ def test_a_cancelled_run_whose_worker_died_is_stopped_by_the_next_worker(queue, 
         worker = int(started.splitlines()[1].split("[")[1].rstrip("]"))
         sleeper = int(wait_for(lambda: read(pidfile).strip(), what="the job's sleep to start"))
         os.kill(worker, signal.SIGKILL)
-        queue.run("cancel", "orphan")
+        wait_for(lambda: stored_job(queue, "orphan").lease_expires_at < time.time(), what="the dead worker's lease to run out")
+        cancelled = queue.run("cancel", "orphan").stdout
+        assert cancelled == f"Job orphan cancelled; its worker worker-{worker} was lost, so the next worker to start stops its process tree\n"
         refused = queue.run("retry", "orphan", check=False)
         assert refused.returncode == 1
-        assert "is still being stopped by" in refused.stderr
+        assert f"its worker worker-{worker} was lost while stopping the cancelled run" in refused.stderr
         queue.start_worker()
         wait_for(lambda: queue.job("orphan")["lease_expires_at"] is None, timeout=15, what="the reaper to release the cancelled run")
         wait_for(lambda: is_gone(sleeper), timeout=5, what=f"the orphaned sleep {sleeper} to be stopped")

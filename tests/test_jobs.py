@@ -54,6 +54,12 @@ def test_every_field_is_honoured():
     assert (job.cwd, job.env) == ("/var", {"A": "b"})
 
 
+@pytest.mark.parametrize("given, stored", [(".", "/tmp"), ("sub/dir", "/tmp/sub/dir"), ("../var", "/var"), ("/abs", "/abs")])
+def test_a_relative_cwd_is_anchored_where_enqueue_ran(given, stored):
+    # A worker started elsewhere must still run the job where its author meant.
+    assert spec(command="pwd", cwd=given).cwd == stored
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [

@@ -202,6 +202,7 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path):
     with pytest.raises(StorageError, match="is not a queuectl database"):
         open_storage(home)
     assert open(home.db_path).read().startswith("these are my notes")
+    assert os.listdir(home.path) == ["queuectl.db"]  # no lock file left beside it
 
 
 def test_someone_elses_sqlite_database_is_refused(tmp_path):
@@ -214,6 +215,7 @@ def test_someone_elses_sqlite_database_is_refused(tmp_path):
     with pytest.raises(StorageError, match="is not a queuectl database"):
         open_storage(home)
     assert open(home.db_path, "rb").read() == before  # not even switched to WAL
+    assert os.listdir(home.path) == ["queuectl.db"]
     tables = sqlite3.connect(home.db_path).execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
     assert tables == [("recipes",)]
 
@@ -346,6 +348,9 @@ class TestCancel:
         with pytest.raises(InvalidTransitionError, match="still being stopped by w"):
             storage.revive("run", T0 + 2, RETRYABLE_STATES)
         assert storage.stopping_cancelled(T0 + 2) == []
+        # Once the lease ran out no worker is stopping it: say who will.
+        with pytest.raises(InvalidTransitionError, match="its worker w was lost .* the next worker to start stops"):
+            storage.revive("run", T0 + LEASE + 1, RETRYABLE_STATES)
         assert storage.release_cancelled(job)
         assert storage.revive("run", T0 + 3, RETRYABLE_STATES).state is JobState.PENDING
 
@@ -546,6 +551,15 @@ class TestPurge:
         assert storage.stats(T0).attempts_total == 2
         storage.purge([JobState.COMPLETED])
         assert storage.stats(T0).attempts_total == 0
+
+    def test_purge_keeps_a_cancelled_job_until_its_run_is_stopped(self, storage):
+        add(storage, make("run"))
+        job = storage.claim("w", T0, LEASE)
+        storage.cancel("run", T0 + 1)
+        assert storage.purge([JobState.CANCELLED]).jobs == 0
+        assert storage.get("run").state is JobState.CANCELLED
+        assert storage.release_cancelled(job)
+        assert storage.purge([JobState.CANCELLED]).jobs == 1
 
     def test_big_purges_go_in_batches(self, storage, monkeypatch):
         import queuectl.storage.sqlite as sqlite_backend

@@ -8,7 +8,7 @@ Without it, the queue is ``queuectl.db`` in the queue home.
 import os
 import re
 
-from queuectl.errors import StorageError
+from queuectl.errors import NoQueueInHomeError, QueueNotFoundError, StorageError
 from queuectl.storage.base import Storage
 
 __all__ = ["Storage", "open_storage"]
@@ -21,8 +21,9 @@ def open_storage(home, *, durable=True, create=True):
     """Open the queue of ``home``; ``durable=False`` only for worker transitions.
 
     ``create=False`` is for commands that add no work (reading, stopping,
-    cancelling): they must not turn a mistyped home or QUEUECTL_DB into a
-    new, empty queue.
+    cancelling): they must not turn a mistyped home or QUEUECTL_DB, or a
+    directory that holds no queue, into a new, empty queue. They get
+    ``QueueNotFoundError`` instead.
     """
     url = os.environ.get("QUEUECTL_DB", "").strip()
     scheme = url[:16].lower()  # URL schemes are case-insensitive
@@ -41,14 +42,19 @@ def open_storage(home, *, durable=True, create=True):
         path = url or None
 
     if path is None:
-        if not create and not os.path.isdir(home.path):
-            raise StorageError(f"queue home {home.path} does not exist (check --home or QUEUECTL_HOME)")
+        if not create:
+            home.require_existing()
+            if not os.path.exists(home.db_path):
+                raise NoQueueInHomeError(
+                    f"no queue in {home.path}: {os.path.basename(home.db_path)} does not exist "
+                    "(enqueue a job to create it, or check --home or QUEUECTL_HOME)"
+                )
         home.ensure()
         path = home.db_path
     elif path == ":memory:":
         raise StorageError("QUEUECTL_DB ':memory:' would be a queue that vanishes with each command; name a file")
     elif not create and not os.path.exists(path):
-        raise StorageError(f"database {path} does not exist (check QUEUECTL_DB)")
+        raise QueueNotFoundError(f"database {path} does not exist (check QUEUECTL_DB)")
     from queuectl.storage.sqlite import SqliteStorage
 
     return SqliteStorage(os.path.abspath(path), durable=durable)

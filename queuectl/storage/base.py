@@ -159,7 +159,9 @@ class Storage(abc.ABC):
         """Delete jobs in ``states`` (finished states only) with their attempts.
 
         With ``finished_before``, only jobs whose last change (for a finished
-        job: when it finished) is older than that time.
+        job: when it finished) is older than that time. A cancelled job whose
+        run is still being stopped is kept until its worker lets go of it:
+        that run may still write output for its attempt.
         """
 
     @abc.abstractmethod

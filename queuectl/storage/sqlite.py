@@ -26,7 +26,7 @@ except ImportError:  # Windows: writers rely on SQLite's busy handler alone
     fcntl = None
 
 from queuectl.config import fsync_directory
-from queuectl.errors import DuplicateJobError, InvalidTransitionError, JobNotFoundError, StorageError
+from queuectl.errors import DiskFullError, DuplicateJobError, InvalidTransitionError, JobNotFoundError, StorageError
 from queuectl.jobs import (
     CANCELLABLE_STATES,
     Attempt,
@@ -101,23 +101,23 @@ class SqliteStorage(Storage):
         self._depth = 0
         self._translate = _TranslateErrors(self)
         self._write = _WriteTransaction(self)
-        self._turn_fd = _open_turn_lock(path + "-writer.lock")
+        self._turn_fd = None
+        self._conn = self._connect(durable)
         try:
-            self._conn = self._connect(durable)
-            try:
-                if self._read_setup() != (APPLICATION_ID, SCHEMA_VERSION):
-                    # First users of a new file (or of an older schema) race to
-                    # create it and switch it to WAL: they take turns, and each
-                    # decides again once it holds the turn.
-                    self._take_turn()
-                    try:
-                        self._set_up()
-                    finally:
-                        self._end_turn()
-            except BaseException:
-                self._conn.close()
-                raise
+            # Someone else's database is refused before we leave a lock file beside it.
+            setup = self._read_setup()
+            self._turn_fd = _open_turn_lock(path + "-writer.lock")
+            if setup != (APPLICATION_ID, SCHEMA_VERSION):
+                # First users of a new file (or of an older schema) race to
+                # create it and switch it to WAL: they take turns, and each
+                # decides again once it holds the turn.
+                self._take_turn()
+                try:
+                    self._set_up()
+                finally:
+                    self._end_turn()
         except BaseException:
+            self._conn.close()
             self._close_turn_lock()
             raise
         self._identity = _file_identity(path)
@@ -206,6 +206,8 @@ class SqliteStorage(Storage):
 
     def _open_error(self, exc):
         text = str(exc)
+        if "disk is full" in text:
+            return DiskFullError(f"database {self.path}: {text}")
         if "not a database" in text:
             return StorageError(f"{self.path} is not a queuectl database")
         if "readonly" in text or "unable to open" in text:
@@ -425,6 +427,12 @@ class SqliteStorage(Storage):
                 if job is None:
                     raise JobNotFoundError(f"job {job_id!r} not found")
                 if job.state in states and job.lease_expires_at is not None:
+                    if job.lease_expires_at < now:
+                        # No worker is left to stop that run: the next one to start will.
+                        raise InvalidTransitionError(
+                            f"job {job_id!r} can't be retried yet: its worker {job.worker_id} was lost while "
+                            "stopping the cancelled run; the next worker to start stops what is left of it"
+                        )
                     raise InvalidTransitionError(
                         f"job {job_id!r} is still being stopped by {job.worker_id}; retry it in a moment"
                     )

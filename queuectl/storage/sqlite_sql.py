@@ -251,6 +251,7 @@ SQL_PAUSED_SINCE = "SELECT value FROM meta WHERE key = 'paused'"
 SQL_PURGE_PICK = """
 SELECT seq FROM jobs
  WHERE state IN ({states}) AND (? IS NULL OR updated_at < ?)
+   AND lease_expires_at IS NULL
  ORDER BY seq LIMIT ?
 """
 
