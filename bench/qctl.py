@@ -27,6 +27,23 @@ def queuectl_argv():
     return [sys.executable, "-m", "queuectl"]
 
 
+def create_queue(home):
+    """Create the (empty) queue of `home` in this process, as `enqueue` would.
+
+    Read commands such as `status` refuse a home without a queue, so the
+    bench makes one through the storage layer before workers start on it.
+    """
+    from queuectl.config import Home
+    from queuectl.storage import open_storage
+
+    saved = os.environ.pop("QUEUECTL_DB", None)
+    try:
+        open_storage(Home(home)).close()
+    finally:
+        if saved is not None:
+            os.environ["QUEUECTL_DB"] = saved
+
+
 _CONSOLE_SCRIPT = """#!{python}
 import sys
 from queuectl.cli import main
@@ -145,7 +162,7 @@ class Queuectl(Peer):
         """CPU seconds `workers` burst workers spend on an empty queue, from
         spawn to exit: what drain's own-CPU figure subtracts as start-up."""
         with _tmp("queuectl-empty") as home:
-            self.cli(home, "status")
+            create_queue(home)
             procs = self._workers(home, workers, burst=True)
             sampler = CpuSampler([p.pid for p in procs])
             for proc in procs:
@@ -191,7 +208,7 @@ class Queuectl(Peer):
     @contextlib.contextmanager
     def live(self):
         with _tmp("queuectl-live") as home:
-            self.cli(home, "status")  # creates the database before the worker starts
+            create_queue(home)  # so the worker does not spend its first moments setting it up
             (worker,) = self._workers(home, 1, burst=False)
             try:
                 yield _QueuectlLive(self, home, worker)
