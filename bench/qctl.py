@@ -4,6 +4,7 @@ home in a temp dir.
 """
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -132,6 +133,10 @@ class Queuectl(Peer):
             return False, f"queuectl does not run: {exc}"
         if out.returncode != 0:
             return False, "queuectl is not installed here (pip install -e .): " + (out.stderr.strip().splitlines() or ["?"])[-1]
+        # The snapshot runs on this interpreter: its runtime dependencies must be here too.
+        missing = [name for name in ("click", "tabulate", "psutil") if importlib.util.find_spec(name) is None]
+        if missing:
+            return False, f"{sys.executable} lacks {', '.join(missing)} (pip install -e . into it)"
         return True, out.stdout.strip() or "queuectl"
 
     def cli(self, home, *args, check=True, timeout=600, **kw):
