@@ -435,13 +435,44 @@ def _kill_tree(proc, waiter):
         proc.kill()
         proc.wait()
         return
+    # Descendants that left the group (setsid, sudo with use_pty) and may
+    # have cleared the claim marker too (env -i) are still in the tree now.
+    escaped = _escaped_descendants(proc.pid)
     _signal_group(proc.pid, signal.SIGTERM)
+    _signal_each(escaped, signal.SIGTERM)
     end = time.monotonic() + KILL_GRACE_SECONDS
     while proc.poll() is None and time.monotonic() < end:
         waiter.wait(end - time.monotonic())
     # Stragglers that ignored SIGTERM or outlived the shell go now.
     _signal_group(proc.pid, signal.SIGKILL)
+    _signal_each(escaped, signal.SIGKILL)
     proc.wait()
+
+
+def _escaped_descendants(pgid):
+    """Live descendants of the job's shell that are outside its process group."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(pgid).children(recursive=True)
+    except psutil.Error:
+        return []
+    escaped = []
+    for child in descendants:
+        try:
+            if os.getpgid(child.pid) != pgid:
+                escaped.append(child)
+        except OSError:
+            continue
+    return escaped
+
+
+def _signal_each(procs, signum):
+    for child in procs:
+        try:
+            child.send_signal(signum)  # psutil checks that the PID was not reused
+        except Exception:  # psutil.Error: gone meanwhile, or not ours to signal
+            pass
 
 
 def _stop_group(pgid):
