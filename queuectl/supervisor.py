@@ -41,6 +41,10 @@ class StopReport:
     still_running: List[int] = field(default_factory=list)
 
 
+# What a worker puts in its jobs' environment (executor.CLAIM_ENV and worker.py).
+JOB_ENV_NAMES = ("QUEUECTL_CLAIM", "QUEUECTL_JOB_ID", "QUEUECTL_ATTEMPT")
+
+
 # --- workers.pid -----------------------------------------------------------
 
 
@@ -191,9 +195,13 @@ def start_workers(home, storage, count):
 
 def _spawn(home):
     argv = [sys.executable, "-m", "queuectl", "--home", home.path, "worker", "run", "--log-file", home.worker_log_path]
+    # Started from inside a job, a worker is not part of that job: with the
+    # job's claim marker it would be stopped along with the job's processes.
+    env = {name: value for name, value in os.environ.items() if name not in JOB_ENV_NAMES}
     with open(home.worker_log_path, "ab") as log:
         return subprocess.Popen(
             argv,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

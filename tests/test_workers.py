@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from conftest import wait_for
@@ -240,6 +241,20 @@ def test_worker_start_outlives_its_shell_and_logs_to_the_home(queue):
     assert queue.run("worker", "stop").stdout.splitlines()[-1] == "All workers stopped successfully"
     with open(queue.home.pidfile_path) as handle:
         assert json.load(handle) == {"workers": []}
+
+
+def test_workers_started_by_a_job_are_not_part_of_that_job(queue):
+    # Found by a tester: the new worker inherited the job's claim marker, so
+    # the failed attempt's clean-up stopped it along with the job's processes.
+    queue.enqueue(id="spawner", command=f'"{sys.executable}" -m queuectl worker start; exit 1', max_retries=1)
+    queue.run("worker", "run", "--burst")
+    assert queue.job("spawner")["state"] == "dlq"
+    with open(queue.home.pidfile_path) as handle:
+        (entry,) = json.load(handle)["workers"]
+    worker = psutil.Process(entry["pid"])
+    assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+    assert not {"QUEUECTL_CLAIM", "QUEUECTL_JOB_ID", "QUEUECTL_ATTEMPT"} & set(worker.environ())
+    assert queue.run("worker", "stop").stdout.splitlines()[-1] == "All workers stopped successfully"
 
 
 def test_a_worker_with_stderr_closed_still_runs_its_jobs(queue):
