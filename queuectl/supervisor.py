@@ -175,19 +175,22 @@ def start_workers(home, storage, count):
     home.ensure()
     load_config(home)  # a broken config file is refused here, not in every worker's log
     read_pidfile(home)  # and so is a workers.pid we could not record them in
-    procs = [_spawn(home) for _ in range(count)]
-    try:
-        started = _wait_registered(home, storage, procs)
-        # The start times the workers registered: a worker that has exited since
-        # is then a stale entry like any other, not an error here.
-        entries = [{"pid": p.pid, "create_time": started[p.pid]} for p in procs]
-        _update_pidfile(home, add=entries, drop_stale=True)
-    except BaseException:
-        # Workers that `worker stop` could not find must not outlive a failed start.
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        raise
+    # A start holds the home's lock until its workers are recorded, so a
+    # `worker stop` meanwhile waits for them and stops them too.
+    with home.locked():
+        procs = [_spawn(home) for _ in range(count)]
+        try:
+            started = _wait_registered(home, storage, procs)
+            # The start times the workers registered: a worker that has exited since
+            # is then a stale entry like any other, not an error here.
+            entries = [{"pid": p.pid, "create_time": started[p.pid]} for p in procs]
+            _update_pidfile(home, add=entries, drop_stale=True)
+        except BaseException:
+            # Workers that `worker stop` could not find must not outlive a failed start.
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            raise
     for proc in procs:
         proc.returncode = 0  # detached on purpose: don't warn that it still runs
     return [p.pid for p in procs]
@@ -254,7 +257,13 @@ def stop_workers(home, storage, timeout, force):
     live = {}
     unproven = set()
     database = _database_of(storage)
-    for pid, create_time in _candidates(home, storage):
+    if os.path.isdir(home.path):
+        # Waits for a `worker start` in progress: its workers count too.
+        with home.locked():
+            candidates = _candidates(home, storage)
+    else:  # QUEUECTL_DB elsewhere and no home: nothing to wait for, nothing to create
+        candidates = _candidates(home, storage)
+    for pid, create_time in candidates:
         proc = identify_worker(pid, create_time, database)
         if proc is None:
             unproven.add(pid)

@@ -776,6 +776,38 @@ def test_an_outcome_whose_commit_failed_is_not_logged(queue, monkeypatch, caplog
     assert any("Job second completed" in message for message in messages)
 
 
+def _workers_of(home_path):
+    """PIDs of `worker run` processes started for this home (registered or not yet)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if home_path in cmdline and "run" in cmdline and "worker" in cmdline:
+            found.append(proc.pid)
+    return found
+
+
+def test_a_stop_during_a_start_waits_for_it_and_stops_its_workers(queue):
+    # Found by a tester: stop saw only the workers registered so far, said
+    # "All workers stopped successfully", and the rest kept running.
+    configure(queue)
+    starting = subprocess.Popen(
+        [sys.executable, "-m", "queuectl", "worker", "start", "--count", "3"],
+        env=dict(os.environ, QUEUECTL_HOME=queue.path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: _workers_of(queue.path), what="the start to spawn its workers")
+    stopped = queue.run("worker", "stop", "--timeout", "10")
+    out, err = starting.communicate(timeout=60)
+    assert starting.returncode == 0, err
+    started = json.loads(out.splitlines()[1].split(":", 1)[1])
+    assert "Stopping 3 worker(s)" in stopped.stdout
+    assert stopped.stdout.splitlines()[-1] == "All workers stopped successfully"
+    wait_for(lambda: all(is_gone(pid) for pid in started), timeout=5, what="every started worker to exit")
+    assert json.loads(read(queue.home.pidfile_path))["workers"] == []
+
+
 def test_start_drops_stale_entries_from_workers_pid(queue):
     configure(queue)
     bystander = subprocess.Popen(["sleep", "60"])
