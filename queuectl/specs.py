@@ -20,6 +20,11 @@ MAX_ID_LENGTH = 200
 
 # --- job specs -------------------------------------------------------------
 
+# An exec argument must be shorter than this on Linux (MAX_ARG_STRLEN).
+MAX_COMMAND_BYTES = 128 * 1024
+# The same ceiling as the max_retries setting.
+MAX_RETRIES = 1_000_000
+
 JOB_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout", "cwd", "env")
 _JOB_FIELD_SET = frozenset(JOB_FIELDS)
 
@@ -48,8 +53,14 @@ def parse_job_spec(spec, *, now, default_max_retries, default_cwd, new_id=None):
     if not command.strip():
         raise ValidationError("field 'command' must not be empty")
     _check_text(command, "field 'command'")
+    # Linux refuses a single exec argument of 128 KiB or more (MAX_ARG_STRLEN):
+    # such a job could never start, so it is refused here, not at each retry.
+    if len(command) >= MAX_COMMAND_BYTES // 4 and len(command.encode("utf-8")) >= MAX_COMMAND_BYTES:
+        raise ValidationError(
+            f"field 'command' is {MAX_COMMAND_BYTES // 1024} KiB or longer, more than a shell accepts; put it in a script"
+        )
 
-    max_retries = _int_field(spec, "max_retries", default_max_retries, minimum=0)
+    max_retries = _int_field(spec, "max_retries", default_max_retries, minimum=0, maximum=MAX_RETRIES)
     priority = _int_field(spec, "priority", 0)
     timeout = _number_field(spec, "timeout", None)
 
@@ -66,8 +77,10 @@ def parse_job_spec(spec, *, now, default_max_retries, default_cwd, new_id=None):
     cwd = default_cwd
     if "cwd" in spec:
         cwd = spec["cwd"]
-        if not isinstance(cwd, str) or not cwd:
-            raise ValidationError(f"field 'cwd' must be a non-empty string, got {_json_type(cwd)}")
+        if not isinstance(cwd, str):
+            raise ValidationError(f"field 'cwd' must be a string, got {_json_type(cwd)}")
+        if not cwd:
+            raise ValidationError("field 'cwd' must not be empty")
         _check_text(cwd, "field 'cwd'")
         # Relative to where `enqueue` ran, not to wherever a worker was started.
         if default_cwd and not os.path.isabs(cwd):
@@ -121,7 +134,7 @@ def _check_id(job_id):
     return job_id
 
 
-def _int_field(spec, name, default, minimum=None):
+def _int_field(spec, name, default, minimum=None, maximum=2**62):
     if name not in spec:
         return default
     value = spec[name]
@@ -130,6 +143,8 @@ def _int_field(spec, name, default, minimum=None):
         raise ValidationError(f"field {name!r} must be an integer, got {_json_type(value)}")
     if minimum is not None and value < minimum:
         raise ValidationError(f"field {name!r} must be >= {minimum}, got {value}")
+    if value > maximum and maximum < 2**62:
+        raise ValidationError(f"field {name!r} must be <= {maximum:,}, got {value}")
     if abs(value) > 2**62:
         raise ValidationError(f"field {name!r} is out of range")
     return value

@@ -60,6 +60,11 @@ def test_a_relative_cwd_is_anchored_where_enqueue_ran(given, stored):
     assert spec(command="pwd", cwd=given).cwd == stored
 
 
+def test_the_longest_command_a_shell_accepts_is_taken():
+    assert spec(command="x" * (128 * 1024 - 1)).command == "x" * (128 * 1024 - 1)
+    assert spec(command="x", max_retries=1_000_000).max_retries == 1_000_000
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
@@ -84,7 +89,11 @@ def test_a_relative_cwd_is_anchored_where_enqueue_ran(given, stored):
         ({"command": "x", "id": "a\nb"}, "field 'id' must not contain control characters"),
         ({"command": "x", "colour": "red"}, "unknown field 'colour'"),
         ({"command": "x", "id": None}, "field 'id' must be a string, got null"),
-        ({"command": "x", "cwd": None}, "field 'cwd' must be a non-empty string, got null"),
+        ({"command": "x", "cwd": None}, "field 'cwd' must be a string, got null"),
+        ({"command": "x", "cwd": ""}, "field 'cwd' must not be empty"),
+        ({"command": "x", "max_retries": 1_000_001}, "field 'max_retries' must be <= 1,000,000, got 1000001"),
+        ({"command": "x" * (128 * 1024)}, "field 'command' is 128 KiB or longer"),
+        ({"command": "é" * (64 * 1024)}, "field 'command' is 128 KiB or longer"),
         ({"command": "x", "id": "a\ud800"}, "field 'id' contains an unpaired surrogate"),
         ({"command": "echo \udfff"}, "field 'command' contains an unpaired surrogate"),
         ({"command": "x", "env": {"A": "\ud800"}}, "field 'env' value for 'A' contains an unpaired surrogate"),
