@@ -79,7 +79,8 @@ class Home:
     def require_existing(self):
         """Refuse a home that does not exist: a mistyped path is not an empty queue."""
         if not os.path.isdir(self.path):
-            raise QueueNotFoundError(f"queue home {self.path} does not exist (check --home or QUEUECTL_HOME)")
+            problem = "is not a directory" if os.path.exists(self.path) else "does not exist"
+            raise QueueNotFoundError(f"queue home {self.path} {problem} (check --home or QUEUECTL_HOME)")
 
     def ensure(self):
         """Create the home if needed; fail with one clear line if we can't."""

@@ -174,6 +174,12 @@ class TestEnqueue:
         assert one_error_line(result) == f"Error: queue home {missing} does not exist (check --home or QUEUECTL_HOME)"
         assert not missing.exists()
 
+    def test_a_home_that_is_a_file_is_named_as_such(self, tmp_path, monkeypatch):
+        monkeypatch.delenv("QUEUECTL_DB", raising=False)
+        result = CliRunner().invoke(cli, ["--home", "/dev/null", "status"])
+        assert result.exit_code == 1
+        assert one_error_line(result) == "Error: queue home /dev/null is not a directory (check --home or QUEUECTL_HOME)"
+
     @pytest.mark.parametrize(
         "args",
         [
