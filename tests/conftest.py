@@ -124,6 +124,19 @@ class Queue:
         self._workers.append(proc)
         return proc
 
+    def wait_workers(self, count, timeout=10.0):
+        """Wait until ``count`` workers are registered.
+
+        A new worker creates the queue itself, and ``status`` refuses a home
+        without one: until then the answer is "not yet", not an error.
+        """
+
+        def registered():
+            proc = self.run("status", "--json", check=False)
+            return proc.returncode == 0 and json.loads(proc.stdout)["workers"]["count"] == count
+
+        wait_for(registered, timeout=timeout, what=f"{count} worker(s) registered")
+
     @staticmethod
     def log_of(proc):
         proc.log.flush()

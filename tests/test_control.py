@@ -50,7 +50,7 @@ def test_one_worker_runs_high_then_medium_then_low(queue):
 
 def test_a_two_second_delay_starts_after_two_seconds_and_within_three(queue):
     worker = queue.start_worker()
-    wait_for(lambda: json.loads(queue.run("status", "--json").stdout)["workers"]["count"] == 1, what="worker registered")
+    queue.wait_workers(1)
     queue.run("enqueue", "--delay", "2s", json.dumps({"id": "d", "command": "true"}))
     assert queue.counts()["pending"] == 1
     queue.wait_state("d", "completed", timeout=10)

@@ -206,7 +206,7 @@ def test_enqueue_wakes_an_idle_worker(queue):
     # With a 60 s poll interval, only the enqueue wake-up can start the job in time.
     queue.set_config(poll_interval=60)
     worker = queue.start_worker()
-    wait_for(lambda: json.loads(queue.run("status", "--json").stdout)["workers"]["count"] == 1, what="worker registered")
+    queue.wait_workers(1)
     queue.enqueue(id="prompt", command="true")
     queue.wait_state("prompt", "completed", timeout=10)
     worker.send_signal(signal.SIGTERM)
