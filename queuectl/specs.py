@@ -22,6 +22,8 @@ MAX_ID_LENGTH = 200
 
 # An exec argument must be shorter than this on Linux (MAX_ARG_STRLEN).
 MAX_COMMAND_BYTES = 128 * 1024
+# Longest delay, timeout or age accepted (about 317 years).
+MAX_DURATION_SECONDS = 10**10
 # The same ceiling as the max_retries setting.
 MAX_RETRIES = 1_000_000
 
@@ -158,7 +160,7 @@ def _number_field(spec, name, default):
         raise ValidationError(f"field {name!r} must be a number, got {_json_type(value)}")
     if not math.isfinite(value) or value < 0:
         raise ValidationError(f"field {name!r} must be a non-negative number, got {value}")
-    if value > 10**10:
+    if value > MAX_DURATION_SECONDS:
         raise ValidationError(f"field {name!r} is out of range")
     return float(value)
 
@@ -215,7 +217,10 @@ def parse_duration(text, name="duration"):
     if not match:
         raise ValidationError(f"{name} {text!r} is not a duration (e.g. 30s, 5m, 2h, 7d)")
     number, unit = match.groups()
-    return float(number) * _UNIT_SECONDS[(unit or "s").lower()]
+    seconds = float(number) * _UNIT_SECONDS[(unit or "s").lower()]
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValidationError(f"{name} {text!r} is out of range (at most {MAX_DURATION_SECONDS:,}s)")
+    return seconds
 
 
 def check_unique_ids(jobs: List[Job]):

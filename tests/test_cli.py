@@ -720,6 +720,14 @@ class TestPurge:
         assert job_ids(home) == ["running", "waiting"]
 
     @pytest.mark.parametrize(
+        "age, shown",
+        [("90m", "90m"), ("5400", "90m"), ("1.5s", "1.5s"), ("115740d", "115740d")],
+    )
+    def test_echoes_its_age_in_its_largest_unit(self, run, built, age, shown):
+        result = run("purge", "--state", "completed", "--older-than", age)
+        assert result.exit_code == 0 and f" completed job(s) older than {shown}; removed " in result.stdout
+
+    @pytest.mark.parametrize(
         "args, message",
         [
             ([], "give --state (completed, dlq or cancelled) to say which jobs to purge"),
@@ -728,6 +736,10 @@ class TestPurge:
             (["--state", "old"], "unknown state 'old'"),
             (["--state", "completed", "--older-than", "a week"], "--older-than 'a week' is not a duration"),
             (["--state", "completed", "--older-than", "-7d"], "--older-than '-7d' is not a duration"),
+            (
+                ["--state", "completed", "--older-than", "99999999999999d"],
+                "--older-than '99999999999999d' is out of range (at most 10,000,000,000s)",
+            ),
         ],
     )
     def test_bad_input_changes_nothing(self, run, home, built, args, message):
