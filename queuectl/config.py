@@ -240,7 +240,8 @@ def load_config(home):
 
 def _read_file(path):
     try:
-        with open(path, encoding="utf-8") as handle:
+        # utf-8-sig: a BOM, as some Windows editors save the file, is fine.
+        with open(path, encoding="utf-8-sig") as handle:
             raw = json.load(handle)
     except FileNotFoundError:
         return {}

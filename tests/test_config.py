@@ -92,3 +92,14 @@ def test_a_first_read_that_fails_is_one_clear_error(tmp_path):
     os.symlink(home.config_path, home.config_path)
     with pytest.raises(StorageError, match="cannot read .*symbolic links"):
         ConfigWatcher(home).current()
+
+
+def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    # Notepad and PowerShell's Out-File write UTF-8 with a BOM.
+    home = Home(str(tmp_path))
+    with open(home.config_path, "w", encoding="utf-8-sig") as handle:
+        handle.write('{"max_retries": 7}')
+    assert config_mod.load_config(home)["max_retries"] == 7
+    config_mod.set_value(home, "backoff_base", "3")
+    assert config_mod.load_config(home)["max_retries"] == 7
+    assert config_mod.load_config(home)["backoff_base"] == 3
