@@ -878,37 +878,26 @@ def test_a_stalled_worker_loses_its_job_without_overlap_and_its_late_result_is_d
 # --- no run outlives its attempt ------------------------------------------------
 
 
-def test_a_timeout_also_stops_processes_that_left_the_job_group(queue, tmp_path):
+@pytest.mark.parametrize(
+    "escape",
+    [
+        # A new session; found in the tree, and by the claim marker it keeps.
+        "setsid sh -c 'echo $$ > {pidfile}; sleep 30'",
+        # What sudo with use_pty does: a new session and a fresh environment
+        # without the claim marker. The job's shell is still its parent at timeout.
+        "setsid env -i /bin/sh -c 'echo $$ > {pidfile}; exec sleep 30'",
+    ],
+    ids=["setsid", "setsid-env-i"],
+)
+def test_a_timeout_also_stops_processes_that_left_the_job_group(queue, tmp_path, escape):
     configure(queue)
     escaped = tmp_path / "escaped.pid"
-    queue.enqueue(
-        id="escape",
-        command=f"setsid sh -c 'echo $$ > {escaped}; sleep 30' & sleep 30",
-        timeout=1,
-        max_retries=1,
-    )
+    queue.enqueue(id="escape", command=escape.format(pidfile=escaped) + " & sleep 30", timeout=1, max_retries=1)
     queue.start_worker()
     pid = int(wait_for(lambda: read(escaped).strip(), what="the escaped process to start"))
     queue.wait_state("escape", "dlq", timeout=15)
     wait_for(lambda: is_gone(pid), timeout=5, what=f"escaped process {pid} to be stopped")
     assert queue.job("escape")["error_message"] == "Timed out after 1s"
-
-
-def test_a_timeout_stops_a_child_that_left_the_group_and_cleared_its_environment(queue, tmp_path):
-    # What sudo with use_pty does: a new session, and a fresh environment
-    # without the claim marker. The job's shell is still its parent at timeout.
-    configure(queue)
-    escaped = tmp_path / "escaped.pid"
-    queue.enqueue(
-        id="escape-env",
-        command=f"setsid env -i /bin/sh -c 'echo $$ > {escaped}; exec sleep 30' & sleep 30",
-        timeout=1,
-        max_retries=1,
-    )
-    queue.start_worker()
-    pid = int(wait_for(lambda: read(escaped).strip(), what="the escaped process to start"))
-    queue.wait_state("escape-env", "dlq", timeout=15)
-    wait_for(lambda: is_gone(pid), timeout=5, what=f"escaped process {pid} to be stopped")
 
 
 def test_a_failed_attempt_leaves_nothing_running_for_its_retry_to_overlap(queue, tmp_path):
