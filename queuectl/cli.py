@@ -684,8 +684,9 @@ def _age_text(seconds):
     """``604800`` -> ``7d``, ``5400`` -> ``90m``: the largest unit that divides it."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
-            return f"{seconds // size:g}{unit}"
-    return f"{seconds:g}s"
+            return f"{seconds // size:.0f}{unit}"
+    # Whole seconds in full (1234567s, not 1.23457e+06s).
+    return f"{seconds:.0f}s" if seconds == int(seconds) else f"{seconds:g}s"
 
 
 @cli.command()

@@ -721,7 +721,7 @@ class TestPurge:
 
     @pytest.mark.parametrize(
         "age, shown",
-        [("90m", "90m"), ("5400", "90m"), ("1.5s", "1.5s"), ("115740d", "115740d")],
+        [("90m", "90m"), ("5400", "90m"), ("1.5s", "1.5s"), ("1234567s", "1234567s"), ("115740d", "115740d")],
     )
     def test_echoes_its_age_in_its_largest_unit(self, run, built, age, shown):
         result = run("purge", "--state", "completed", "--older-than", age)
