@@ -15,7 +15,7 @@ import click
 from queuectl import __version__
 from queuectl import config as config_mod
 from queuectl.errors import NoQueueInHomeError, QueueCtlError, ValidationError
-from queuectl.jobs import LIST_SORTS, RETRYABLE_STATES, JobState, check_purgeable
+from queuectl.jobs import FINISHED_STATES, LIST_SORTS, RETRYABLE_STATES, JobState, check_purgeable
 from queuectl.specs import parse_duration, parse_job_batch, parse_time
 
 # Batches bigger than this print one summary line instead of a line per job.
@@ -163,8 +163,6 @@ def _complete_states(ctx, param, incomplete):
 
 
 def _complete_finished_states(ctx, param, incomplete):
-    from queuectl.jobs import FINISHED_STATES
-
     return [state.value for state in FINISHED_STATES if state.value.startswith(incomplete.lower())]
 
 

@@ -98,15 +98,6 @@ class Home:
         The lock is taken on the directory itself, so no lock file is left
         behind; on platforms without flock the block runs unlocked.
         """
-        if _HELD_LOCKS.get(self.path):
-            # Already ours (worker start holds it around a nested update): a
-            # second flock on a new descriptor would wait for ourselves.
-            _HELD_LOCKS[self.path] += 1
-            try:
-                yield
-            finally:
-                _HELD_LOCKS[self.path] -= 1
-            return
         self.ensure()
         try:
             import fcntl
@@ -116,15 +107,9 @@ class Home:
         fd = os.open(self.path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            _HELD_LOCKS[self.path] = 1
             yield
         finally:
-            _HELD_LOCKS.pop(self.path, None)
             os.close(fd)
-
-
-# Homes whose lock this process holds, with the nesting depth.
-_HELD_LOCKS = {}
 
 
 def write_atomically(path, text):

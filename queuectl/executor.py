@@ -40,6 +40,10 @@ KILL_GRACE_SECONDS = 2.0
 LOW_SPACE_BYTES = 64 * 1024
 # The environment variable that ties a process to the claim it runs for.
 CLAIM_ENV = "QUEUECTL_CLAIM"
+# What else a job finds in its environment: its id and attempt number.
+JOB_ID_ENV = "QUEUECTL_JOB_ID"
+ATTEMPT_ENV = "QUEUECTL_ATTEMPT"
+JOB_ENV_NAMES = (CLAIM_ENV, JOB_ID_ENV, ATTEMPT_ENV)
 # How long stop_claimed keeps looking for stragglers after SIGKILL.
 KILL_GIVE_UP_SECONDS = 5.0
 IS_WINDOWS = sys.platform == "win32"
@@ -468,10 +472,12 @@ def _escaped_descendants(pgid):
 
 
 def _signal_each(procs, signum):
+    import psutil
+
     for child in procs:
         try:
             child.send_signal(signum)  # psutil checks that the PID was not reused
-        except Exception:  # psutil.Error: gone meanwhile, or not ours to signal
+        except psutil.Error:  # gone meanwhile, or not ours to signal
             pass
 
 

@@ -136,7 +136,7 @@ def _check_id(job_id):
     return job_id
 
 
-def _int_field(spec, name, default, minimum=None, maximum=2**62):
+def _int_field(spec, name, default, minimum=None, maximum=None):
     if name not in spec:
         return default
     value = spec[name]
@@ -145,7 +145,7 @@ def _int_field(spec, name, default, minimum=None, maximum=2**62):
         raise ValidationError(f"field {name!r} must be an integer, got {_json_type(value)}")
     if minimum is not None and value < minimum:
         raise ValidationError(f"field {name!r} must be >= {minimum}, got {value}")
-    if value > maximum and maximum < 2**62:
+    if maximum is not None and value > maximum:
         raise ValidationError(f"field {name!r} must be <= {maximum:,}, got {value}")
     if abs(value) > 2**62:
         raise ValidationError(f"field {name!r} is out of range")

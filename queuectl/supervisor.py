@@ -23,6 +23,7 @@ import psutil
 
 from queuectl.config import load_config, write_atomically
 from queuectl.errors import WorkerError
+from queuectl.executor import JOB_ENV_NAMES
 from queuectl.worker import worker_name
 
 logger = logging.getLogger("queuectl.supervisor")
@@ -39,10 +40,6 @@ class StopReport:
     stale: List[int] = field(default_factory=list)
     killed: List[int] = field(default_factory=list)
     still_running: List[int] = field(default_factory=list)
-
-
-# What a worker puts in its jobs' environment (executor.CLAIM_ENV and worker.py).
-JOB_ENV_NAMES = ("QUEUECTL_CLAIM", "QUEUECTL_JOB_ID", "QUEUECTL_ATTEMPT")
 
 
 # --- workers.pid -----------------------------------------------------------
@@ -87,11 +84,16 @@ def _write_pidfile(home, entries):
 def _update_pidfile(home, add=(), remove=(), drop_stale=False):
     """Change workers.pid under the home's lock, so concurrent starts and stops all count."""
     with home.locked():
-        entries = [e for e in read_pidfile(home) if e["pid"] not in set(remove)]
-        if drop_stale:
-            entries = [e for e in entries if identify_worker(e["pid"], e["create_time"])]
-        entries.extend(add)
-        _write_pidfile(home, entries)
+        _change_pidfile(home, add, remove, drop_stale)
+
+
+def _change_pidfile(home, add=(), remove=(), drop_stale=False):
+    """Change workers.pid; the caller holds the home's lock."""
+    entries = [e for e in read_pidfile(home) if e["pid"] not in set(remove)]
+    if drop_stale:
+        entries = [e for e in entries if identify_worker(e["pid"], e["create_time"])]
+    entries.extend(add)
+    _write_pidfile(home, entries)
 
 
 # --- identity ----------------------------------------------------------------
@@ -184,7 +186,7 @@ def start_workers(home, storage, count):
             # The start times the workers registered: a worker that has exited since
             # is then a stale entry like any other, not an error here.
             entries = [{"pid": p.pid, "create_time": started[p.pid]} for p in procs]
-            _update_pidfile(home, add=entries, drop_stale=True)
+            _change_pidfile(home, add=entries, drop_stale=True)
         except BaseException:
             # Workers that `worker stop` could not find must not outlive a failed start.
             for proc in procs:

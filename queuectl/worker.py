@@ -202,7 +202,7 @@ class Worker:
             stdout_dest=self.home.attempt_log_path(job.attempt_id, "out"),
             stderr_dest=self.home.attempt_log_path(job.attempt_id, "err"),
             cwd=job.cwd,
-            env=dict(job.env, QUEUECTL_JOB_ID=job.id, QUEUECTL_ATTEMPT=str(job.attempts)),
+            env={**job.env, executor.JOB_ID_ENV: job.id, executor.ATTEMPT_ENV: str(job.attempts)},
             timeout=timeout or None,
             tick=tick,
             tick_interval=max(0.05, min(CLAIM_CHECK_SECONDS, lease / 3)),
