@@ -28,21 +28,27 @@ def queuectl_argv():
     return [sys.executable, "-m", "queuectl"]
 
 
-def create_queue(home):
-    """Create the (empty) queue of `home` in this process, as `enqueue` would.
+def open_queue(home, **options):
+    """The storage of `home`'s queue, created if needed, as `enqueue` would.
 
-    Read commands such as `status` refuse a home without a queue, so the
-    bench makes one through the storage layer before workers start on it.
+    QUEUECTL_DB is set aside while opening: the bench's queues live in their homes.
     """
     from queuectl.config import Home
     from queuectl.storage import open_storage
 
     saved = os.environ.pop("QUEUECTL_DB", None)
     try:
-        open_storage(Home(home)).close()
+        return open_storage(Home(home), **options)
     finally:
         if saved is not None:
             os.environ["QUEUECTL_DB"] = saved
+
+
+def create_queue(home):
+    """Create the empty queue of `home`: read commands such as `status`
+    refuse a home without one, and workers should not spend their first
+    moments setting it up."""
+    open_queue(home).close()
 
 
 _CONSOLE_SCRIPT = """#!{python}
@@ -282,15 +288,7 @@ class DepthBench:
 
     def _open(self):
         if self._storage is None:
-            from queuectl.config import Home
-            from queuectl.storage import open_storage
-
-            saved = os.environ.pop("QUEUECTL_DB", None)
-            try:
-                self._storage = open_storage(Home(self.home), durable=False)
-            finally:
-                if saved is not None:
-                    os.environ["QUEUECTL_DB"] = saved
+            self._storage = open_queue(self.home, durable=False)
         return self._storage
 
     def claims(self, count):
